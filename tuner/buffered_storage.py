@@ -1,0 +1,567 @@
+"""The storage a worker uses: Optuna's RDB storage, with the running trial's writes batched.
+
+Optuna's ``RDBStorage`` commits every write on its own: about 2 ms for each parameter,
+reported epoch and attribute, and a ``should_prune`` re-reads the unfinished trials each time.
+For trials of a second or two that is several percent of the worker's time. This wrapper
+keeps the writes to the trial this process runs in memory and commits them together: with
+every heartbeat (so the dashboard sees live learning curves) and when the trial finishes, in
+the same transaction as its final state. Other trials are read at most every ``read_ttl``
+seconds; pruners and samplers do not need them fresher. Everything else goes straight to the
+database, with retries through connection faults.
+
+It also starts trials within the study's budget: see :mod:`tuner.budget`.
+
+Only the process running a trial writes its parameters, reports and attributes, so holding
+them back changes no one else's view except by delay. If the worker dies, the writes since
+the last heartbeat are lost with the trial, which the heartbeat then fails and retries.
+"""
+
+from __future__ import annotations
+
+import copy
+import datetime
+import functools
+import json
+import logging
+import threading
+import time
+from collections.abc import Callable, Container, Sequence
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import optuna
+from optuna.distributions import (
+    BaseDistribution,
+    check_distribution_compatibility,
+    distribution_to_json,
+)
+from optuna.exceptions import UpdateFinishedTrialError
+from optuna.storages import BaseStorage, RDBStorage
+from optuna.storages._heartbeat import BaseHeartbeat
+from optuna.storages._rdb import models
+from optuna.study import StudyDirection
+from optuna.study._frozen import FrozenStudy
+from optuna.trial import FrozenTrial, TrialState
+
+from tuner.budget import BudgetExhausted, count_toward_budget
+from tuner.interrupts import deferred
+from tuner.retry import retry_transient
+from tuner.study_lock import StudyLock
+
+__all__ = ["BufferedStorage"]
+
+_logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+DEFAULT_READ_TTL_SECONDS = 2.0
+
+
+@dataclass
+class _OwnedTrial:
+    """A running trial of this process, as it stands in memory."""
+
+    base: FrozenTrial
+    study_id: int | None
+    params: dict[str, float] = field(default_factory=dict)
+    distributions: dict[str, BaseDistribution] = field(default_factory=dict)
+    intermediate: dict[int, float] = field(default_factory=dict)
+    user_attrs: dict[str, Any] = field(default_factory=dict)
+    system_attrs: dict[str, Any] = field(default_factory=dict)
+    # What is not in the database yet.
+    new_params: set[str] = field(default_factory=set)
+    new_steps: set[int] = field(default_factory=set)
+    new_user_attrs: set[str] = field(default_factory=set)
+    new_system_attrs: set[str] = field(default_factory=set)
+
+    @classmethod
+    def from_frozen(cls, trial: FrozenTrial, study_id: int | None) -> _OwnedTrial:
+        return cls(
+            base=trial,
+            study_id=study_id,
+            params={n: trial.distributions[n].to_internal_repr(v) for n, v in trial.params.items()},
+            distributions=dict(trial.distributions),
+            intermediate=dict(trial.intermediate_values),
+            user_attrs=dict(trial.user_attrs),
+            system_attrs=dict(trial.system_attrs),
+        )
+
+    def frozen(
+        self,
+        state: TrialState = TrialState.RUNNING,
+        values: Sequence[float] | None = None,
+        datetime_complete: datetime.datetime | None = None,
+    ) -> FrozenTrial:
+        return FrozenTrial(
+            number=self.base.number,
+            state=state,
+            value=None,
+            values=values,
+            datetime_start=self.base.datetime_start,
+            datetime_complete=datetime_complete,
+            params={n: self.distributions[n].to_external_repr(v) for n, v in self.params.items()},
+            distributions=dict(self.distributions),
+            user_attrs=copy.deepcopy(self.user_attrs),
+            system_attrs=copy.deepcopy(self.system_attrs),
+            intermediate_values=dict(self.intermediate),
+            trial_id=self.base._trial_id,
+        )
+
+    def has_pending(self) -> bool:
+        return bool(
+            self.new_params or self.new_steps or self.new_user_attrs or self.new_system_attrs
+        )
+
+
+class BufferedStorage(BaseStorage, BaseHeartbeat):
+    """Optuna storage for worker processes; see the module docstring.
+
+    Args:
+        backend: The RDB storage, with heartbeats configured.
+        lock: The study's cross-process lock.
+        n_trials: The study's budget; new trials beyond it raise :class:`BudgetExhausted`.
+            None means no budget.
+        read_ttl: Seconds for which other trials may be served from memory. Defaults to 2.
+    """
+
+    def __init__(
+        self,
+        backend: RDBStorage,
+        lock: StudyLock,
+        n_trials: int | None,
+        read_ttl: float = DEFAULT_READ_TTL_SECONDS,
+    ) -> None:
+        self._backend = backend
+        self._inner = optuna.storages.get_storage(backend)  # Optuna's cache of finished trials
+        self._lock = lock
+        self._n_trials = n_trials
+        self._read_ttl = read_ttl
+        self._owned: dict[int, _OwnedTrial] = {}
+        self._finished: dict[int, FrozenTrial] = {}
+        self._snapshot: dict[int, tuple[float, list[FrozenTrial]]] = {}
+        self._study_of: dict[int, int] = {}  # trial ID -> study ID, for trials seen so far
+        self._last_finished: FrozenTrial | None = None
+        self._mutex = threading.RLock()
+
+    @property
+    def backend(self) -> RDBStorage:
+        """The wrapped RDB storage."""
+        return self._backend
+
+    def _db(self, what: str, call: Callable[[], T]) -> T:
+        return retry_transient(call, what=what)
+
+    # Studies: straight through.
+
+    def create_new_study(
+        self, directions: Sequence[StudyDirection], study_name: str | None = None
+    ) -> int:
+        return self._db(
+            "create the study", lambda: self._inner.create_new_study(directions, study_name)
+        )
+
+    def delete_study(self, study_id: int) -> None:
+        self._db("delete the study", lambda: self._inner.delete_study(study_id))
+
+    def set_study_user_attr(self, study_id: int, key: str, value: Any) -> None:
+        self._db(
+            "write a study attribute", lambda: self._inner.set_study_user_attr(study_id, key, value)
+        )
+
+    def set_study_system_attr(self, study_id: int, key: str, value: Any) -> None:
+        self._db(
+            "write a study attribute",
+            lambda: self._inner.set_study_system_attr(study_id, key, value),
+        )
+
+    def get_study_id_from_name(self, study_name: str) -> int:
+        return self._db("read the study", lambda: self._inner.get_study_id_from_name(study_name))
+
+    def get_study_name_from_id(self, study_id: int) -> str:
+        return self._db("read the study", lambda: self._inner.get_study_name_from_id(study_id))
+
+    def get_study_directions(self, study_id: int) -> list[StudyDirection]:
+        return self._db("read the study", lambda: self._inner.get_study_directions(study_id))
+
+    def get_study_user_attrs(self, study_id: int) -> dict[str, Any]:
+        return self._db("read the study", lambda: self._inner.get_study_user_attrs(study_id))
+
+    def get_study_system_attrs(self, study_id: int) -> dict[str, Any]:
+        return self._db("read the study", lambda: self._inner.get_study_system_attrs(study_id))
+
+    def get_all_studies(self) -> list[FrozenStudy]:
+        return self._db("list studies", self._inner.get_all_studies)
+
+    # Starting trials: within the budget, under the study lock.
+
+    def create_new_trial(self, study_id: int, template_trial: FrozenTrial | None = None) -> int:
+        if template_trial is not None:
+            # Queued and retried trials: they do not start now, so they need no budget check.
+            return self._db(
+                "queue a trial", lambda: self._inner.create_new_trial(study_id, template_trial)
+            )
+        return self._db("start a trial", lambda: self._start_new_trial(study_id))
+
+    def _start_new_trial(self, study_id: int) -> int:
+        with deferred(), self._lock:
+            if self._n_trials is not None:
+                trials = self._inner.get_all_trials(study_id, deepcopy=False)
+                if count_toward_budget(trials) >= self._n_trials:
+                    raise BudgetExhausted(f"the study has its {self._n_trials} trials.")
+                trial_id = self._inner.create_new_trial(study_id)
+            self._own(trial_id, study_id)
+        return trial_id
+
+    def _own(self, trial_id: int, study_id: int | None) -> None:
+        frozen = self._inner.get_trial(trial_id)
+        with self._mutex:
+            self._owned[trial_id] = _OwnedTrial.from_frozen(frozen, study_id)
+
+    def set_trial_state_values(
+        self, trial_id: int, state: TrialState, values: Sequence[float] | None = None
+    ) -> bool:
+        with self._mutex:
+            owned = self._owned.get(trial_id)
+        if owned is not None:
+            if state == TrialState.RUNNING:
+                return False
+            if state.is_finished():
+                self._db("finish the trial", lambda: self._flush(owned, state, values))
+                return True
+        if state == TrialState.RUNNING:
+            return self._db("take a queued trial", lambda: self._take_waiting(trial_id))
+        return self._db(
+            "update a trial", lambda: self._inner.set_trial_state_values(trial_id, state, values)
+        )
+
+    def _take_waiting(self, trial_id: int) -> bool:
+        # SQLite cannot lock the row, so two workers could both see it WAITING; the study lock
+        # makes the check and the update one step.
+        with deferred(), self._lock:
+            taken = self._inner.set_trial_state_values(trial_id, TrialState.RUNNING)
+            if taken:
+                self._own(trial_id, self._study_of.get(trial_id))
+        return taken
+
+    # Writes to this process's running trial: kept in memory until the next flush.
+
+    def set_trial_param(
+        self,
+        trial_id: int,
+        param_name: str,
+        param_value_internal: float,
+        distribution: BaseDistribution,
+    ) -> None:
+        owned = self._owned_or_none(trial_id)
+        if owned is None:
+            self._db(
+                "write a parameter",
+                lambda: self._inner.set_trial_param(
+                    trial_id, param_name, param_value_internal, distribution
+                ),
+            )
+            return
+        known = self._known_distribution(owned, param_name)
+        if known is not None:
+            check_distribution_compatibility(known, distribution)
+        with self._mutex:
+            owned.params[param_name] = param_value_internal
+            owned.distributions[param_name] = distribution
+            owned.new_params.add(param_name)
+
+    def set_trial_intermediate_value(
+        self, trial_id: int, step: int, intermediate_value: float
+    ) -> None:
+        owned = self._owned_or_none(trial_id)
+        if owned is None:
+            self._db(
+                "report a value",
+                lambda: self._inner.set_trial_intermediate_value(
+                    trial_id, step, intermediate_value
+                ),
+            )
+            return
+        with self._mutex:
+            owned.intermediate[step] = intermediate_value
+            owned.new_steps.add(step)
+
+    def set_trial_user_attr(self, trial_id: int, key: str, value: Any) -> None:
+        owned = self._owned_or_none(trial_id)
+        if owned is None:
+            self._db(
+                "write an attribute", lambda: self._inner.set_trial_user_attr(trial_id, key, value)
+            )
+            return
+        json.dumps(value)  # Fail now, in the trial, rather than at the flush.
+        with self._mutex:
+            owned.user_attrs[key] = copy.deepcopy(value)
+            owned.new_user_attrs.add(key)
+
+    def set_trial_system_attr(self, trial_id: int, key: str, value: Any) -> None:
+        owned = self._owned_or_none(trial_id)
+        if owned is None:
+            self._db(
+                "write an attribute",
+                lambda: self._inner.set_trial_system_attr(trial_id, key, value),
+            )
+            return
+        json.dumps(value)
+        with self._mutex:
+            owned.system_attrs[key] = copy.deepcopy(value)
+            owned.new_system_attrs.add(key)
+
+    def _owned_or_none(self, trial_id: int) -> _OwnedTrial | None:
+        with self._mutex:
+            return self._owned.get(trial_id)
+
+    def _known_distribution(self, owned: _OwnedTrial, name: str) -> BaseDistribution | None:
+        if owned.study_id is None:
+            return None
+        for other in self._trials(owned.study_id):
+            if name in other.distributions and other._trial_id != owned.base._trial_id:
+                return other.distributions[name]
+        return None
+
+    # Reads.
+
+    def get_trial_id_from_study_id_trial_number(self, study_id: int, trial_number: int) -> int:
+        return self._db(
+            "read a trial",
+            lambda: self._inner.get_trial_id_from_study_id_trial_number(study_id, trial_number),
+        )
+
+    def get_trial(self, trial_id: int) -> FrozenTrial:
+        with self._mutex:
+            owned = self._owned.get(trial_id)
+            if owned is not None:
+                return owned.frozen()
+            finished = self._finished.get(trial_id)
+            if finished is not None:
+                return copy.deepcopy(finished)
+        return self._db("read a trial", lambda: self._inner.get_trial(trial_id))
+
+    def get_all_trials(
+        self,
+        study_id: int,
+        deepcopy: bool = True,
+        states: Container[TrialState] | None = None,
+    ) -> list[FrozenTrial]:
+        # The queue must be read fresh, or a worker could miss a retried trial.
+        fresh = states is not None and TrialState.WAITING in states
+        trials = self._trials(study_id, fresh=fresh)
+        if states is not None:
+            trials = [t for t in trials if t.state in states]
+        return copy.deepcopy(trials) if deepcopy else trials
+
+    def _trials(self, study_id: int, fresh: bool = False) -> list[FrozenTrial]:
+        now = time.monotonic()
+        cached = self._snapshot.get(study_id)
+        if fresh or cached is None or now - cached[0] > self._read_ttl:
+            trials = self._db(
+                "read trials", lambda: self._inner.get_all_trials(study_id, deepcopy=False)
+            )
+            self._snapshot[study_id] = (now, trials)
+            with self._mutex:
+                for trial in trials:
+                    self._study_of[trial._trial_id] = study_id
+                    # The database has caught up with trials this process finished.
+                    if trial.state.is_finished():
+                        self._finished.pop(trial._trial_id, None)
+        else:
+            trials = cached[1]
+        with self._mutex:
+            local = {tid: o.frozen() for tid, o in self._owned.items() if o.study_id == study_id}
+            local.update(
+                (tid, t) for tid, t in self._finished.items() if self._study_of.get(tid) == study_id
+            )
+        if not local:
+            return list(trials)
+        merged = {t._trial_id: t for t in trials}
+        merged.update(local)
+        return sorted(merged.values(), key=lambda t: t.number)
+
+    # Committing the buffer.
+
+    def flush(self, trial_id: int) -> None:
+        """Commits what is buffered for a running trial of this process, if anything."""
+        owned = self._owned_or_none(trial_id)
+        if owned is not None and owned.has_pending():
+            self._db("save trial progress", lambda: self._flush(owned))
+
+    def _flush(
+        self,
+        owned: _OwnedTrial,
+        state: TrialState | None = None,
+        values: Sequence[float] | None = None,
+    ) -> None:
+        trial_id = owned.base._trial_id
+        with self._mutex:
+            params = {n: (owned.params[n], owned.distributions[n]) for n in owned.new_params}
+            steps = {s: owned.intermediate[s] for s in owned.new_steps}
+            user_attrs = {k: owned.user_attrs[k] for k in owned.new_user_attrs}
+            system_attrs = {k: owned.system_attrs[k] for k in owned.new_system_attrs}
+        completed_at = datetime.datetime.now()
+        with deferred():
+            self._commit(
+                owned, params, steps, user_attrs, system_attrs, state, values, completed_at
+            )
+        with self._mutex:
+            owned.new_params.difference_update(params)
+            owned.new_steps.difference_update(steps)
+            owned.new_user_attrs.difference_update(user_attrs)
+            owned.new_system_attrs.difference_update(system_attrs)
+            if state is not None:
+                self._owned.pop(trial_id, None)
+                self._finished[trial_id] = owned.frozen(state, values, completed_at)
+                self._last_finished = self._finished[trial_id]
+                if owned.study_id is not None:
+                    self._study_of[trial_id] = owned.study_id
+
+    def _commit(
+        self,
+        owned: _OwnedTrial,
+        params: dict[str, tuple[float, BaseDistribution]],
+        steps: dict[int, float],
+        user_attrs: dict[str, Any],
+        system_attrs: dict[str, Any],
+        state: TrialState | None,
+        values: Sequence[float] | None,
+        completed_at: datetime.datetime,
+    ) -> None:
+        trial_id = owned.base._trial_id
+        session = self._backend.scoped_session()
+        try:
+            trial = models.TrialModel.find_or_raise_by_id(trial_id, session, for_update=True)
+            if trial.state.is_finished():
+                session.rollback()
+                if state is not None and trial.state == state:
+                    return  # Our earlier commit went through before the connection dropped.
+                raise UpdateFinishedTrialError(
+                    f"Trial#{trial.number} is already {trial.state.name}: another worker "
+                    f"declared it stale, so this worker's results for it are dropped."
+                )
+            _add_params(session, trial_id, params)
+            _add_intermediate_values(session, trial_id, steps)
+            _upsert_attrs(session, models.TrialUserAttributeModel, trial, user_attrs)
+            _upsert_attrs(session, models.TrialSystemAttributeModel, trial, system_attrs)
+            if state is not None:
+                for objective, value in enumerate(values or ()):
+                    stored, value_type = models.TrialValueModel.value_to_stored_repr(value)
+                    session.add(
+                        models.TrialValueModel(
+                            trial_id=trial_id,
+                            objective=objective,
+                            value=stored,
+                            value_type=value_type,
+                        )
+                    )
+                trial.state = state
+                trial.datetime_complete = completed_at
+            session.commit()
+        except BaseException:
+            session.rollback()
+            raise
+        finally:
+            self._backend.scoped_session.remove()
+
+    def abandon(
+        self, state: TrialState = TrialState.FAIL, user_attrs: dict[str, Any] | None = None
+    ) -> list[FrozenTrial]:
+        """Finishes every running trial of this process as ``state``; returns them.
+
+        For a worker that is stopping in the middle of a trial.
+
+        Args:
+            state: The state to finish them in. Defaults to FAIL.
+            user_attrs: Attributes to record on each, e.g. why it stopped.
+        """
+        with self._mutex:
+            owned = list(self._owned.values())
+            for trial in owned:
+                for key, value in (user_attrs or {}).items():
+                    trial.user_attrs[key] = value
+                    trial.new_user_attrs.add(key)
+        finished = []
+        for trial in owned:
+            try:
+                self._db("finish the trial", functools.partial(self._flush, trial, state))
+            except UpdateFinishedTrialError:
+                continue
+            finished.append(self.get_trial(trial.base._trial_id))
+        return finished
+
+    def last_finished(self) -> FrozenTrial | None:
+        """The trial this process finished last, as it was written."""
+        with self._mutex:
+            return copy.deepcopy(self._last_finished)
+
+    # Heartbeats: each also commits the running trial's progress.
+
+    def record_heartbeat(self, trial_id: int) -> None:
+        try:
+            self.flush(trial_id)
+        except UpdateFinishedTrialError:
+            pass
+        self._db("record a heartbeat", lambda: self._backend.record_heartbeat(trial_id))
+
+    def _get_stale_trial_ids(self, study_id: int) -> list[int]:
+        stale = self._db(
+            "look for stale trials", lambda: self._backend._get_stale_trial_ids(study_id)
+        )
+        with self._mutex:
+            return [t for t in stale if t not in self._owned]
+
+    def get_heartbeat_interval(self) -> int | None:
+        return self._backend.get_heartbeat_interval()
+
+    def get_heartbeat_stale_trial_callback(
+        self,
+    ) -> Callable[[optuna.Study, FrozenTrial], None] | None:
+        return self._backend.get_heartbeat_stale_trial_callback()
+
+    def remove_session(self) -> None:
+        self._backend.remove_session()
+
+
+def _add_params(
+    session: Any, trial_id: int, params: dict[str, tuple[float, BaseDistribution]]
+) -> None:
+    for name, (value, distribution) in params.items():
+        session.add(
+            models.TrialParamModel(
+                trial_id=trial_id,
+                param_name=name,
+                param_value=value,
+                distribution_json=distribution_to_json(distribution),
+            )
+        )
+
+
+def _add_intermediate_values(session: Any, trial_id: int, steps: dict[int, float]) -> None:
+    # Optuna's Trial.report ignores a step reported twice, so every step here is new.
+    for step, value in steps.items():
+        stored, value_type = models.TrialIntermediateValueModel.intermediate_value_to_stored_repr(
+            value
+        )
+        session.add(
+            models.TrialIntermediateValueModel(
+                trial_id=trial_id,
+                step=step,
+                intermediate_value=stored,
+                intermediate_value_type=value_type,
+            )
+        )
+
+
+def _upsert_attrs(
+    session: Any,
+    model: type[models.TrialUserAttributeModel] | type[models.TrialSystemAttributeModel],
+    trial: models.TrialModel,
+    attrs: dict[str, Any],
+) -> None:
+    for key, value in attrs.items():
+        row = model.find_by_trial_and_key(trial, key, session)
+        if row is None:
+            session.add(model(trial_id=trial.trial_id, key=key, value_json=json.dumps(value)))
+        else:
+            row.value_json = json.dumps(value)
