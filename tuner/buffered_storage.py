@@ -208,7 +208,7 @@ class BufferedStorage(BaseStorage, BaseHeartbeat):
                 trials = self._inner.get_all_trials(study_id, deepcopy=False)
                 if count_toward_budget(trials) >= self._n_trials:
                     raise BudgetExhausted(f"the study has its {self._n_trials} trials.")
-                trial_id = self._inner.create_new_trial(study_id)
+            trial_id = self._inner.create_new_trial(study_id)
             self._own(trial_id, study_id)
         return trial_id
 

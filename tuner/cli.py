@@ -179,6 +179,13 @@ def _configure_logging(level: str) -> None:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     # tuner relies on Optuna's heartbeat API knowingly; its "experimental" notice is noise.
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+    if level != "debug":
+        # The worker logs one line per failed trial; Optuna's adds a traceback to it.
+        logging.getLogger("optuna.study._optimize").addFilter(_drop_failed_trial_tracebacks)
+
+
+def _drop_failed_trial_tracebacks(record: logging.LogRecord) -> bool:
+    return not (record.getMessage().startswith("Trial ") and " failed" in record.getMessage())
 
 
 def _config(args: argparse.Namespace) -> StudyConfig:

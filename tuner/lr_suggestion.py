@@ -122,7 +122,8 @@ def suggest_lr(
     finite = np.isfinite(loss_array) & np.isfinite(lr_array) & (lr_array > 0)
     # The sweep stops at the first non-finite loss, so the finite points are a prefix.
     n_finite = int(np.argmin(finite)) if not finite.all() else len(finite)
-    window = slice(skip_start, n_finite - skip_end)
+    # Clamped: a negative stop would count from the end and bring the non-finite tail back.
+    window = slice(skip_start, max(0, n_finite - skip_end))
     lr_window = lr_array[window]
     if len(lr_window) < 2:
         raise ValueError(

@@ -202,10 +202,11 @@ def _graph_cycle(step: Any, total: int, peak: float, start: float, top: float, e
     last = float(total - 1)
     if last == 0:
         return ops.convert_to_tensor(top, dtype="float32")
-    step = ops.minimum(ops.cast(step, "float32"), last)
+    # In float64: near the end ``1 + cos`` cancels, and float32 drifts ~1e-5 from one_cycle_lr.
+    step = ops.minimum(ops.cast(step, "float64"), last)
     rising = _graph_cosine(start, top, step / peak)
     falling = _graph_cosine(top, end, (step - peak) / (last - peak))
-    return ops.where(step <= peak, rising, falling)
+    return ops.cast(ops.where(step <= peak, rising, falling), "float32")
 
 
 def _graph_cosine(start: float, end: float, progress: Any) -> Any:

@@ -278,13 +278,14 @@ class CompiledSteps:
     ) -> tf.Tensor:
         lr_variable = _lr_variable(self.optimizer)
         n_rows = tf.shape(order)[0]
+        steps_per_epoch = (n_rows + batch_size - 1) // batch_size
         n_steps = tf.shape(lrs)[0]
         losses = tf.TensorArray(tf.float32, size=n_steps)
         best = tf.constant(np.inf, tf.float32)
         taken = tf.constant(0, tf.int32)
         for i in tf.range(n_steps):
-            # Batches wrap around when the sweep is longer than an epoch.
-            begin = (i * batch_size) % n_rows
+            # A sweep longer than an epoch starts over at the first batch, as model.fit does.
+            begin = (i % steps_per_epoch) * batch_size
             rows = order[begin : tf.minimum(begin + batch_size, n_rows)]
             lr_variable.assign(lrs[i])
             loss = tf.cast(self._step(tf.gather(x, rows), tf.gather(y, rows)), tf.float32)
@@ -332,7 +333,33 @@ def momentum_variable(optimizer: keras.optimizers.Optimizer) -> keras.Variable:
         shape=(), initializer=keras.initializers.Constant(value), dtype="float32", name=name
     )
     setattr(optimizer, name, variable)
+    if isinstance(optimizer, keras.optimizers.SGD):
+        optimizer.update_step = _sgd_update_step(optimizer, variable)
     return variable
+
+
+def _sgd_update_step(
+    optimizer: keras.optimizers.SGD, momentum: keras.Variable
+) -> Callable[..., None]:
+    """Keras's SGD update with the momentum read from ``momentum``.
+
+    ``SGD.update_step`` asks ``if self.momentum != 0`` in Python, which a variable cannot
+    answer inside a compiled step; momentum > 0 is checked before this is installed.
+    """
+
+    def update_step(gradient: Any, variable: keras.Variable, learning_rate: Any) -> None:
+        learning_rate = keras.ops.cast(learning_rate, variable.dtype)
+        gradient = keras.ops.cast(gradient, variable.dtype)
+        mu = keras.ops.cast(momentum, variable.dtype)
+        m = optimizer.momentums[optimizer._get_variable_index(variable)]
+        step = keras.ops.multiply(gradient, learning_rate)
+        optimizer.assign(m, keras.ops.subtract(keras.ops.multiply(m, mu), step))
+        if optimizer.nesterov:
+            optimizer.assign_add(variable, keras.ops.subtract(keras.ops.multiply(m, mu), step))
+        else:
+            optimizer.assign_add(variable, m)
+
+    return update_step
 
 
 def _as_tensors(x: np.ndarray, y: np.ndarray) -> tuple[tf.Tensor, tf.Tensor]:

@@ -1,0 +1,147 @@
+"""The worker's storage: batched writes that plain Optuna reads back, and the trial budget."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+from optuna.storages import RDBStorage
+from optuna.trial import TrialState
+
+from tuner.budget import BudgetExhausted, count_toward_budget
+from tuner.buffered_storage import BufferedStorage
+from tuner.storage import Access, open_storage
+from tuner.study_lock import StudyLock
+from tuner.worker import Requeue
+
+
+def _worker_study(
+    url: str, n_trials: int | None, **heartbeat: int
+) -> tuple[optuna.Study, BufferedStorage]:
+    backend = open_storage(url, Access.WRITE, **heartbeat)
+    storage = BufferedStorage(backend, StudyLock(url, "s"), n_trials=n_trials)
+    study = optuna.create_study(
+        study_name="s",
+        storage=storage,
+        load_if_exists=True,
+        sampler=optuna.samplers.RandomSampler(seed=0),
+    )
+    return study, storage
+
+
+def _plain(url: str) -> optuna.Study:
+    return optuna.load_study(study_name="s", storage=RDBStorage(url))
+
+
+@pytest.fixture
+def url(tmp_path: Path) -> str:
+    return f"sqlite:///{tmp_path / 'study.db'}"
+
+
+def test_a_trial_reads_back_identically_through_plain_optuna(url: str) -> None:
+    study, _ = _worker_study(url, n_trials=None)
+    trial = study.ask()
+    lr = trial.suggest_float("lr", 1e-4, 1e-1, log=True)
+    layers = trial.suggest_int("layers", 1, 5)
+    act = trial.suggest_categorical("act", ["relu", "tanh"])
+    for step, value in enumerate([3.0, 2.0, float("inf"), 1.5]):
+        trial.report(value, step)
+    trial.set_user_attr("val_mae", 0.25)
+    trial.set_user_attr("curve", [1, 2, 3])
+    trial.set_user_attr("val_mae", 0.5)  # overwritten before the flush
+    study.tell(trial, 1.5)
+
+    [stored] = _plain(url).get_trials()
+    assert stored.state == TrialState.COMPLETE
+    assert stored.value == 1.5
+    assert stored.params == {"lr": lr, "layers": layers, "act": act}
+    assert stored.intermediate_values == {0: 3.0, 1: 2.0, 2: float("inf"), 3: 1.5}
+    assert stored.user_attrs == {"val_mae": 0.5, "curve": [1, 2, 3]}
+    assert stored.datetime_complete is not None
+
+
+def test_writes_reach_the_database_at_the_heartbeat_not_before(url: str) -> None:
+    study, storage = _worker_study(url, n_trials=None)
+    trial = study.ask()
+    trial.suggest_int("layers", 1, 5)
+    trial.report(0.7, 0)
+
+    [before] = _plain(url).get_trials()
+    assert before.state == TrialState.RUNNING
+    assert before.params == {} and before.intermediate_values == {}
+
+    storage.record_heartbeat(trial._trial_id)
+    [after] = _plain(url).get_trials()
+    assert after.intermediate_values == {0: 0.7}
+    assert "layers" in after.params
+    trial.report(0.6, 1)
+    study.tell(trial, 0.6)
+    assert _plain(url).get_trials()[0].intermediate_values == {0: 0.7, 1: 0.6}
+
+
+def test_pruners_see_the_running_trials_own_reports(url: str) -> None:
+    study, _ = _worker_study(url, n_trials=None)
+    study.pruner = optuna.pruners.ThresholdPruner(upper=1.0)
+    trial = study.ask()
+    trial.report(0.5, 0)
+    assert not trial.should_prune()
+    trial.report(5.0, 1)
+    assert trial.should_prune()
+
+
+def test_new_trials_stop_at_the_budget_but_queued_ones_still_run(url: str) -> None:
+    study, storage = _worker_study(url, n_trials=3)
+    for _ in range(2):
+        study.tell(study.ask(), 1.0)
+    study.enqueue_trial({})  # counts toward the budget: 3 of 3
+    with pytest.raises(BudgetExhausted):
+        storage.create_new_trial(storage.get_study_id_from_name("s"))
+    queued = study.ask()  # the queue is taken first, within the budget
+    study.tell(queued, 2.0)
+    with pytest.raises(BudgetExhausted):
+        study.ask()
+    assert [t.state for t in _plain(url).get_trials()] == [TrialState.COMPLETE] * 3
+
+
+def test_a_stale_trial_is_failed_and_queued_again_without_using_budget(url: str) -> None:
+    def worker() -> tuple[optuna.Study, BufferedStorage]:
+        backend = open_storage(
+            url,
+            Access.WRITE,
+            heartbeat_interval=1,
+            grace_period=2,
+            stale_trial_callback=Requeue(max_retries=3),
+        )
+        storage = BufferedStorage(backend, StudyLock(url, "s"), n_trials=2)
+        return optuna.create_study(study_name="s", storage=storage, load_if_exists=True), storage
+
+    dying, dying_storage = worker()
+    dead = dying.ask()
+    dead.suggest_int("layers", 1, 5)
+    dying_storage.record_heartbeat(dead._trial_id)  # flushes the parameter, then beats once
+    # That worker now "dies": it never beats again. Another worker looks for stale trials.
+    alive, _ = worker()
+    time.sleep(3.5)
+    optuna.storages.fail_stale_trials(alive)
+
+    trials = _plain(url).get_trials()
+    assert [t.state for t in trials] == [TrialState.FAIL, TrialState.WAITING]
+    assert trials[1].params == trials[0].params
+    assert trials[1].system_attrs["retry_history"] == [0]
+    assert count_toward_budget(trials) == 1
+    retry = alive.ask()
+    assert retry.number == 1 and retry.params == trials[0].params
+
+
+def test_results_of_a_trial_failed_by_another_worker_are_dropped(url: str) -> None:
+    study, _ = _worker_study(url, n_trials=None)
+    trial = study.ask()
+    trial.report(1.0, 0)
+    RDBStorage(url).set_trial_state_values(trial._trial_id, TrialState.FAIL)
+    with pytest.raises(optuna.exceptions.UpdateFinishedTrialError):
+        study.tell(trial, 1.0)
+    [stored] = _plain(url).get_trials()
+    assert stored.state == TrialState.FAIL
+    assert stored.intermediate_values == {}
