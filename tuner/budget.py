@@ -12,7 +12,13 @@ from collections.abc import Iterable
 
 from optuna.trial import FrozenTrial, TrialState
 
-__all__ = ["BudgetExhausted", "count_toward_budget", "remaining", "superseded_numbers"]
+__all__ = [
+    "BudgetExhausted",
+    "count_rows",
+    "count_toward_budget",
+    "remaining",
+    "superseded_numbers",
+]
 
 
 class BudgetExhausted(Exception):
@@ -35,8 +41,18 @@ def superseded_numbers(trials: Iterable[FrozenTrial]) -> set[int]:
 def count_toward_budget(trials: Iterable[FrozenTrial]) -> int:
     """How many of ``trials`` use up the budget: all but failed trials that were retried."""
     trials = list(trials)
-    superseded = superseded_numbers(trials)
-    return sum(1 for t in trials if not (t.state == TrialState.FAIL and t.number in superseded))
+    return count_rows(
+        [(t.number, t.state) for t in trials],
+        [t.system_attrs.get("retry_history", ()) for t in trials],
+    )
+
+
+def count_rows(
+    states: Iterable[tuple[int, TrialState]], retry_histories: Iterable[Iterable[int]]
+) -> int:
+    """:func:`count_toward_budget` from database rows: (number, state) pairs and histories."""
+    superseded = {int(n) for history in retry_histories for n in history}
+    return sum(1 for number, s in states if not (s == TrialState.FAIL and number in superseded))
 
 
 def remaining(trials: Iterable[FrozenTrial], n_trials: int) -> int:
