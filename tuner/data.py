@@ -10,7 +10,10 @@ from __future__ import annotations
 import functools
 import logging
 import math
+import pickle
 import urllib.error
+import warnings
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -121,7 +124,10 @@ def _california_housing(
 ) -> tuple[np.ndarray, np.ndarray, tuple[str, ...], str]:
     home = get_data_home(data_home)
     try:
-        bunch = fetch_california_housing(data_home=data_home, download_if_missing=True)
+        with warnings.catch_warnings():
+            # scikit-learn warns before each retry; the error below tells it all in one line.
+            warnings.filterwarnings("ignore", "Retry downloading", UserWarning)
+            bunch = fetch_california_housing(data_home=data_home, download_if_missing=True)
     except (urllib.error.URLError, TimeoutError, ConnectionError) as e:
         reason = getattr(e, "reason", e)
         raise DataError(
@@ -129,7 +135,8 @@ def _california_housing(
             f"({reason}). Connect to the network once, or set SCIKIT_LEARN_DATA (or [data] "
             f"data_home) to a folder that holds cal_housing_py3.pkz."
         ) from None
-    except (OSError, EOFError, ValueError) as e:
+    except (OSError, EOFError, ValueError, KeyError, pickle.UnpicklingError, zlib.error) as e:
+        # A corrupt pickle fails in many ways: a bad opcode is a KeyError, bad zlib a zlib.error.
         raise DataError(
             f"California housing cache in {home} is unreadable ({type(e).__name__}: {e}); "
             f"delete cal_housing_py3.pkz there to download it again."

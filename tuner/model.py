@@ -80,7 +80,9 @@ def make_optimizer(
         )
     if name == "adam":
         return keras.optimizers.Adam(learning_rate=learning_rate)
-    raise ValueError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, but got {name=}.")
+    raise ValueError(
+        f"optimizer must be one of {', '.join(OPTIMIZERS)}, but got optimizer={name!r}."
+    )
 
 
 def _positive_int(name: str, value: Any, minimum: int) -> int:
@@ -109,5 +111,7 @@ def _positive_float(name: str, value: Any) -> float:
 def _input_shape(value: Sequence[int] | int) -> tuple[int, ...]:
     dims = (value,) if isinstance(value, numbers.Integral) else tuple(cast(Sequence[int], value))
     if not dims:
-        raise ValueError(f"input_shape must have at least one dimension, but got {value=}.")
+        raise ValueError(
+            f"input_shape must have at least one dimension, but got input_shape={value!r}."
+        )
     return tuple(_positive_int("input_shape", d, minimum=1) for d in dims)
