@@ -77,10 +77,14 @@ class Objective:
         trial.set_user_attr("val_mae", history.best_val_mae)
         trial.set_user_attr("epochs_trained", history.epochs)
         trial.set_user_attr("train_seconds", round(time.perf_counter() - started, 3))
-        if trained.lr_suggestion is not None:
+        if trained.range_test is not None and trained.lr_suggestion is not None:
             trial.set_user_attr("lr_suggestion", trained.lr_suggestion)
             trial.set_user_attr("lr_factor", params.get("lr_factor", 1.0))
             trial.set_user_attr("lr_used", trained.learning_rate)
+            # Every rule's answer on this trial's curve, and how far apart they land.
+            suggestions = trained.range_test.suggestions()
+            trial.set_user_attr("lr_suggestions", suggestions)
+            trial.set_user_attr("lr_spread_decades", trained.range_test.spread(suggestions))
         if self.after_training is not None:
             self.after_training(trial, trained)
         return history.best_val_loss

@@ -24,6 +24,8 @@ from tuner.training import TrainingHistory, fit
 
 __all__ = ["TrainedModel", "train_params"]
 
+RANGE_TEST_MIN_STEPS = 100
+
 _logger = logging.getLogger(__name__)
 
 
@@ -88,7 +90,11 @@ def train_params(
     suggestion: float | None = None
     learning_rate = float(p.get("learning_rate", DEFAULT_PARAMS["learning_rate"]))
     if settings.lr_finder:
-        result = range_test(model, data.x_train, data.y_train, batch_size=batch_size, seed=seed)
+        # One epoch, but never fewer than 100 steps: the rules need a curve, not a few points.
+        steps = max(RANGE_TEST_MIN_STEPS, math.ceil(len(data.y_train) / batch_size))
+        result = range_test(
+            model, data.x_train, data.y_train, batch_size=batch_size, steps=steps, seed=seed
+        )
         suggestion = result.suggest(settings.lr_suggestion)
         learning_rate = suggestion * float(p.get("lr_factor", 1.0))
         _logger.debug("Range test suggests LR %.3g; using %.3g.", suggestion, learning_rate)

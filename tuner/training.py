@@ -203,7 +203,7 @@ class CompiledSteps:
 
     def learning_rate(self) -> float:
         """The optimizer's current learning rate."""
-        return float(keras.ops.convert_to_numpy(self.optimizer.learning_rate))
+        return float(self.optimizer.learning_rate.numpy())
 
     def train_epoch(self, x: tf.Tensor, y: tf.Tensor, order: tf.Tensor, batch_size: int) -> float:
         """Trains one pass over ``x[order]`` and returns the row-weighted mean loss."""

@@ -1,0 +1,117 @@
+"""Issue 7: does an LR range test inside every trial pay? Prints one JSON line a figure.
+
+Two searches on California housing, each a 2-worker study with the same number of trials,
+repeated over several study seeds:
+
+- ``absolute``: the notebook's search, the 1-Cycle peak LR sampled in 1e-4..1e-1 (log).
+- ``lr_finder``: each trial runs a range test on its own model and batch size and samples
+  the peak LR as a factor 0.3..3 (log) of the test's suggestion.
+
+The other parameters and the training are the same. For each run: the best validation MSE,
+the test MSE of the final model that ``tuner train-best`` trains from the best trial, and
+the median trial time; then the medians over seeds. Run from the project root:
+``python benchmarks/lr_finder.py`` (about 30 minutes on 2 cores); ``--quick`` only checks
+that the script works.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import optuna
+import tomli_w
+from optuna.trial import TrialState
+
+ROOT = Path(__file__).resolve().parents[1]
+
+COMMON_SPACE = {
+    "n_hidden": {"low": 1, "high": 5},
+    "n_neurons": {"low": 32, "high": 512, "log": True},
+    "batch_size": {"choices": [16, 32, 64, 128, 256]},
+    "activation": {"choices": ["relu", "tanh", "elu"]},
+}
+SEARCHES: dict[str, dict[str, Any]] = {
+    "absolute": {
+        "train": {"lr_finder": False},
+        "space": {"learning_rate": {"low": 1e-4, "high": 1e-1, "log": True}, **COMMON_SPACE},
+    },
+    "lr_finder": {
+        "train": {"lr_finder": True},
+        "space": {"lr_factor": {"low": 0.3, "high": 3.0, "log": True}, **COMMON_SPACE},
+    },
+}
+
+
+def tuner(*args: str) -> None:
+    subprocess.run(
+        [sys.executable, "-m", "tuner", "--log-level", "warning", *args],
+        check=True, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+
+
+def run_search(folder: Path, search: str, seed: int, trials: int, epochs: int) -> dict[str, Any]:
+    name = f"{search}_{seed}"
+    path = folder / f"{name}.toml"
+    url = f"sqlite:///{folder / (name + '.db')}"
+    path.write_text(
+        tomli_w.dumps({
+            "study": {"name": name, "n_trials": trials, "seed": seed, "storage": url,
+                      "sampler": "random", "pruner": "median"},
+            "train": {"epochs": epochs, "schedule": "one_cycle", **SEARCHES[search]["train"]},
+            "space": SEARCHES[search]["space"],
+        })
+    )  # fmt: skip
+    tuner("run", str(path), "--workers", "2")
+    tuner("train-best", str(path), "--output", str(folder / f"{name}.keras"))
+    study = optuna.load_study(study_name=name, storage=url)
+    done = study.get_trials(deepcopy=False)
+    durations = [
+        (t.datetime_complete - t.datetime_start).total_seconds()
+        for t in done
+        if t.datetime_complete and t.datetime_start
+    ]
+    final = study.user_attrs["final_model"]
+    return {
+        "search": search,
+        "seed": seed,
+        "trials": len(done),
+        "complete": sum(t.state == TrialState.COMPLETE for t in done),
+        "best_val_mse": round(study.best_value, 4),
+        "final_test_mse": round(final["test_mse"], 4),
+        "median_trial_seconds": round(statistics.median(durations), 2),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="tiny sizes, to test the script")
+    parser.add_argument("--seeds", type=int, default=3, help="study seeds per search")
+    parser.add_argument("--trials", type=int, default=24, help="trials per study")
+    args = parser.parse_args()
+    seeds, trials, epochs = (1, 2, 2) if args.quick else (args.seeds, args.trials, 30)
+    runs: dict[str, list[dict[str, Any]]] = {search: [] for search in SEARCHES}
+    with tempfile.TemporaryDirectory() as tmp:
+        for seed in range(seeds):
+            for search in SEARCHES:  # interleaved, so drift in machine load hits both
+                result = run_search(Path(tmp), search, seed, trials, epochs)
+                runs[search].append(result)
+                print(json.dumps({"figure": "lr_finder_run", **result}), flush=True)
+    for search, results in runs.items():
+        print(json.dumps({
+            "figure": "lr_finder_summary", "search": search, "seeds": len(results),
+            "trials_per_study": trials, "epochs": epochs,
+            "median_best_val_mse": statistics.median(r["best_val_mse"] for r in results),
+            "median_final_test_mse": statistics.median(r["final_test_mse"] for r in results),
+            "median_trial_seconds": statistics.median(r["median_trial_seconds"] for r in results),
+        }), flush=True)  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
