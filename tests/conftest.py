@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tests.postgres import postgres_db, postgres_server, private_postgres  # noqa: F401
 
 N_ROWS = 64
 N_FEATURES = 8

@@ -11,9 +11,10 @@ database, with retries through connection faults.
 
 It also starts trials within the study's budget: see :mod:`tuner.budget`.
 
-Only the process running a trial writes its parameters, reports and attributes, so holding
-them back changes no one else's view except by delay. If the worker dies, the writes since
-the last heartbeat are lost with the trial, which the heartbeat then fails and retries.
+Only the process running a trial writes its reports and attributes, so holding them back
+changes no one else's view except by delay. If the worker dies, the writes since the last
+heartbeat are lost with the trial, which the heartbeat then fails and retries. Parameters
+are the exception: they are written as they are drawn, since the retry runs them again.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import datetime
 import functools
 import json
 import logging
+import math
 import threading
 import time
 from collections.abc import Callable, Container, Sequence
@@ -30,6 +32,9 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import optuna
+import sqlalchemy
+import sqlalchemy.exc
+import sqlalchemy.orm
 from optuna.distributions import (
     BaseDistribution,
     check_distribution_compatibility,
@@ -43,9 +48,9 @@ from optuna.study import StudyDirection
 from optuna.study._frozen import FrozenStudy
 from optuna.trial import FrozenTrial, TrialState
 
-from tuner.budget import BudgetExhausted, count_toward_budget
+from tuner.budget import BudgetExhausted, count_rows
 from tuner.interrupts import deferred
-from tuner.retry import retry_transient
+from tuner.retry import MAX_DELAY_SECONDS, is_transient, retry_transient
 from tuner.study_lock import StudyLock
 
 __all__ = ["BufferedStorage"]
@@ -69,7 +74,6 @@ class _OwnedTrial:
     user_attrs: dict[str, Any] = field(default_factory=dict)
     system_attrs: dict[str, Any] = field(default_factory=dict)
     # What is not in the database yet.
-    new_params: set[str] = field(default_factory=set)
     new_steps: set[int] = field(default_factory=set)
     new_user_attrs: set[str] = field(default_factory=set)
     new_system_attrs: set[str] = field(default_factory=set)
@@ -108,9 +112,7 @@ class _OwnedTrial:
         )
 
     def has_pending(self) -> bool:
-        return bool(
-            self.new_params or self.new_steps or self.new_user_attrs or self.new_system_attrs
-        )
+        return bool(self.new_steps or self.new_user_attrs or self.new_system_attrs)
 
 
 class BufferedStorage(BaseStorage, BaseHeartbeat):
@@ -142,6 +144,9 @@ class BufferedStorage(BaseStorage, BaseHeartbeat):
         self._study_of: dict[int, int] = {}  # trial ID -> study ID, for trials seen so far
         self._last_finished: FrozenTrial | None = None
         self._mutex = threading.RLock()
+        self._last_outage: float | None = None  # monotonic time of the last lost connection
+        self._heartbeat_failing = False
+        self._last_stale_check = -math.inf
 
     @property
     def backend(self) -> RDBStorage:
@@ -149,7 +154,22 @@ class BufferedStorage(BaseStorage, BaseHeartbeat):
         return self._backend
 
     def _db(self, what: str, call: Callable[[], T]) -> T:
-        return retry_transient(call, what=what)
+        def attempt() -> T:
+            try:
+                return call()
+            except Exception as e:
+                self._note_outage(e)
+                raise
+
+        # After an outage, every call that waited must be through within a heartbeat
+        # interval of the database's return, before the others' stale-trial checks resume.
+        interval = self._backend.get_heartbeat_interval()
+        max_delay = min(MAX_DELAY_SECONDS, interval) if interval else MAX_DELAY_SECONDS
+        return retry_transient(attempt, what=what, max_delay=max_delay)
+
+    def _note_outage(self, error: BaseException) -> None:
+        if is_transient(error):
+            self._last_outage = time.monotonic()
 
     # Studies: straight through.
 
@@ -204,13 +224,35 @@ class BufferedStorage(BaseStorage, BaseHeartbeat):
 
     def _start_new_trial(self, study_id: int) -> int:
         with deferred(), self._lock:
-            if self._n_trials is not None:
-                trials = self._inner.get_all_trials(study_id, deepcopy=False)
-                if count_toward_budget(trials) >= self._n_trials:
-                    raise BudgetExhausted(f"the study has its {self._n_trials} trials.")
-            trial_id = self._inner.create_new_trial(study_id)
-            self._own(trial_id, study_id)
-        return trial_id
+            if self._n_trials is not None and self._budget_used(study_id) >= self._n_trials:
+                raise BudgetExhausted(f"the study has its {self._n_trials} trials.")
+            # The RDB storage's own creator returns the new trial, which saves reading it back;
+            # Optuna's cache finds it by ID on its next read.
+            frozen = self._backend._create_new_trial(study_id)
+            with self._mutex:
+                self._owned[frozen._trial_id] = _OwnedTrial.from_frozen(frozen, study_id)
+                self._study_of[frozen._trial_id] = study_id
+        return frozen._trial_id
+
+    def _budget_used(self, study_id: int) -> int:
+        """Counts the trials that use budget with two small queries, not a read of all trials."""
+        trial = models.TrialModel
+        attribute = models.TrialSystemAttributeModel
+        session = self._backend.scoped_session()
+        try:
+            states = session.query(trial.number, trial.state).filter(trial.study_id == study_id)
+            histories = (
+                session.query(attribute.value_json)
+                .join(trial, trial.trial_id == attribute.trial_id)
+                .filter(trial.study_id == study_id, attribute.key == "retry_history")
+            )
+            return count_rows(
+                [(number, state) for number, state in states],
+                [json.loads(value) for (value,) in histories],
+            )
+        finally:
+            session.rollback()
+            self._backend.scoped_session.remove()
 
     def _own(self, trial_id: int, study_id: int | None) -> None:
         frozen = self._inner.get_trial(trial_id)
@@ -226,13 +268,31 @@ class BufferedStorage(BaseStorage, BaseHeartbeat):
             if state == TrialState.RUNNING:
                 return False
             if state.is_finished():
-                self._db("finish the trial", lambda: self._flush(owned, state, values))
+                try:
+                    self._db("finish the trial", lambda: self._flush(owned, state, values))
+                except UpdateFinishedTrialError as e:
+                    self._forget_lost(owned, str(e))
+                    return False
                 return True
         if state == TrialState.RUNNING:
             return self._db("take a queued trial", lambda: self._take_waiting(trial_id))
         return self._db(
             "update a trial", lambda: self._inner.set_trial_state_values(trial_id, state, values)
         )
+
+    def _forget_lost(self, owned: _OwnedTrial, reason: str) -> None:
+        # Its heartbeat stopped long enough for another worker to fail it and queue it again
+        # (this process stalled, or lost the database for longer than the grace period). The
+        # retry counts instead; the worker goes on with the database's version of the trial.
+        _logger.warning("%s", reason)
+        trial_id = owned.base._trial_id
+        stored = self._db("read a trial", lambda: self._inner.get_trial(trial_id))
+        with self._mutex:
+            self._owned.pop(trial_id, None)
+            self._finished[trial_id] = stored
+            self._last_finished = stored
+            if owned.study_id is not None:
+                self._study_of[trial_id] = owned.study_id
 
     def _take_waiting(self, trial_id: int) -> bool:
         # SQLite cannot lock the row, so two workers could both see it WAITING; the study lock
@@ -264,10 +324,39 @@ class BufferedStorage(BaseStorage, BaseHeartbeat):
         known = self._known_distribution(owned, param_name)
         if known is not None:
             check_distribution_compatibility(known, distribution)
+        # Written at once, not buffered: if this worker dies before its next heartbeat, the
+        # trial's retry must still find the parameters to run again.
+        self._db(
+            "write a parameter",
+            lambda: self._insert_param(trial_id, param_name, param_value_internal, distribution),
+        )
         with self._mutex:
             owned.params[param_name] = param_value_internal
             owned.distributions[param_name] = distribution
-            owned.new_params.add(param_name)
+
+    def _insert_param(
+        self, trial_id: int, name: str, value: float, distribution: BaseDistribution
+    ) -> None:
+        # One INSERT: the checks of RDBStorage.set_trial_param (distribution compatibility,
+        # a running trial) were made above, or hold because this process owns the trial.
+        session = self._backend.scoped_session()
+        try:
+            session.add(
+                models.TrialParamModel(
+                    trial_id=trial_id,
+                    param_name=name,
+                    param_value=value,
+                    distribution_json=distribution_to_json(distribution),
+                )
+            )
+            session.commit()
+        except sqlalchemy.exc.IntegrityError:
+            session.rollback()  # A first attempt stored it; its acknowledgement was lost.
+        except BaseException:
+            session.rollback()
+            raise
+        finally:
+            self._backend.scoped_session.remove()
 
     def set_trial_intermediate_value(
         self, trial_id: int, step: int, intermediate_value: float
@@ -346,12 +435,33 @@ class BufferedStorage(BaseStorage, BaseHeartbeat):
         deepcopy: bool = True,
         states: Container[TrialState] | None = None,
     ) -> list[FrozenTrial]:
-        # The queue must be read fresh, or a worker could miss a retried trial.
-        fresh = states is not None and TrialState.WAITING in states
-        trials = self._trials(study_id, fresh=fresh)
+        if isinstance(states, tuple | list | set) and tuple(states) == (TrialState.WAITING,):
+            # The queue must be read fresh, or a worker could miss a retried trial; it is
+            # usually empty, so ask for IDs first.
+            return self._db("read the queue", lambda: self._waiting_trials(study_id))
+        trials = self._trials(study_id)
         if states is not None:
             trials = [t for t in trials if t.state in states]
         return copy.deepcopy(trials) if deepcopy else trials
+
+    def _waiting_trials(self, study_id: int) -> list[FrozenTrial]:
+        session = self._backend.scoped_session()
+        try:
+            ids = [
+                trial_id
+                for (trial_id,) in session.query(models.TrialModel.trial_id)
+                .filter(models.TrialModel.study_id == study_id)
+                .filter(models.TrialModel.state == TrialState.WAITING)
+                .order_by(models.TrialModel.number)
+            ]
+        finally:
+            session.rollback()
+            self._backend.scoped_session.remove()
+        trials = [self._inner.get_trial(trial_id) for trial_id in ids]
+        with self._mutex:
+            for trial in trials:
+                self._study_of[trial._trial_id] = study_id
+        return [t for t in trials if t.state == TrialState.WAITING]
 
     def _trials(self, study_id: int, fresh: bool = False) -> list[FrozenTrial]:
         now = time.monotonic()
@@ -396,17 +506,13 @@ class BufferedStorage(BaseStorage, BaseHeartbeat):
     ) -> None:
         trial_id = owned.base._trial_id
         with self._mutex:
-            params = {n: (owned.params[n], owned.distributions[n]) for n in owned.new_params}
             steps = {s: owned.intermediate[s] for s in owned.new_steps}
             user_attrs = {k: owned.user_attrs[k] for k in owned.new_user_attrs}
             system_attrs = {k: owned.system_attrs[k] for k in owned.new_system_attrs}
         completed_at = datetime.datetime.now()
         with deferred():
-            self._commit(
-                owned, params, steps, user_attrs, system_attrs, state, values, completed_at
-            )
+            self._commit(owned, steps, user_attrs, system_attrs, state, values, completed_at)
         with self._mutex:
-            owned.new_params.difference_update(params)
             owned.new_steps.difference_update(steps)
             owned.new_user_attrs.difference_update(user_attrs)
             owned.new_system_attrs.difference_update(system_attrs)
@@ -420,7 +526,6 @@ class BufferedStorage(BaseStorage, BaseHeartbeat):
     def _commit(
         self,
         owned: _OwnedTrial,
-        params: dict[str, tuple[float, BaseDistribution]],
         steps: dict[int, float],
         user_attrs: dict[str, Any],
         system_attrs: dict[str, Any],
@@ -440,10 +545,12 @@ class BufferedStorage(BaseStorage, BaseHeartbeat):
                     f"Trial#{trial.number} is already {trial.state.name}: another worker "
                     f"declared it stale, so this worker's results for it are dropped."
                 )
-            _add_params(session, trial_id, params)
-            _add_intermediate_values(session, trial_id, steps)
-            _upsert_attrs(session, models.TrialUserAttributeModel, trial, user_attrs)
-            _upsert_attrs(session, models.TrialSystemAttributeModel, trial, system_attrs)
+            # Look everything up before adding anything, so that the inserts go out in one
+            # flush at the commit rather than one flush per lookup.
+            with session.no_autoflush:
+                _add_intermediate_values(session, trial_id, steps)
+                _upsert_attrs(session, models.TrialUserAttributeModel, trial, user_attrs)
+                _upsert_attrs(session, models.TrialSystemAttributeModel, trial, system_attrs)
             if state is not None:
                 for objective, value in enumerate(values or ()):
                     stored, value_type = models.TrialValueModel.value_to_stored_repr(value)
@@ -498,18 +605,97 @@ class BufferedStorage(BaseStorage, BaseHeartbeat):
     # Heartbeats: each also commits the running trial's progress.
 
     def record_heartbeat(self, trial_id: int) -> None:
+        """Commits the trial's progress and its heartbeat; never raises.
+
+        Optuna calls this from a thread that dies on the first exception, after which the
+        trial would go stale while it still runs. So there is one attempt per beat, no
+        waiting: the next beat is the retry, and the trial's end is never held up by one.
+        """
         try:
-            self.flush(trial_id)
+            owned = self._owned_or_none(trial_id)
+            if owned is not None and owned.has_pending():
+                self._flush(owned)
+            self._backend.record_heartbeat(trial_id)
         except UpdateFinishedTrialError:
             pass
-        self._db("record a heartbeat", lambda: self._backend.record_heartbeat(trial_id))
+        except Exception as e:
+            self._note_outage(e)
+            # Once per outage: the thread tries again every interval.
+            log = _logger.debug if self._heartbeat_failing else _logger.warning
+            log("Heartbeat of trial ID %d not recorded: %s", trial_id, _first_line(e))
+            self._heartbeat_failing = True
+        else:
+            if self._heartbeat_failing:
+                _logger.info("Heartbeats reach the database again.")
+                self._heartbeat_failing = False
 
     def _get_stale_trial_ids(self, study_id: int) -> list[int]:
-        stale = self._db(
-            "look for stale trials", lambda: self._backend._get_stale_trial_ids(study_id)
-        )
+        # Optuna asks before every trial; a trial cannot go stale faster than the heartbeat
+        # interval, so asking more often only costs a query per trial.
+        now = time.monotonic()
+        interval = float(self._backend.get_heartbeat_interval() or 0)
+        if now - self._last_stale_check < interval:
+            return []
+        self._last_stale_check = now
+        grace = self._grace_period()
+        if self._last_outage is not None and time.monotonic() - self._last_outage < grace:
+            # The other workers' heartbeats could not reach the database either.
+            return []
+        stale = self._db("look for stale trials", lambda: self._find_stale(study_id, grace))
         with self._mutex:
             return [t for t in stale if t not in self._owned]
+
+    def _grace_period(self) -> float:
+        interval = self._backend.get_heartbeat_interval() or 0
+        return float(self._backend.grace_period or 2 * interval)
+
+    def _find_stale(self, study_id: int, grace: float) -> list[int]:
+        """Optuna's stale-trial query, made safe for two cases it misses.
+
+        A trial whose worker died before its first heartbeat has no heartbeat row, and Optuna
+        never finds it stale: it would stay RUNNING forever. Such trials get a heartbeat row
+        now, so that they go stale after the grace period unless their worker beats.
+        And no heartbeat can be recorded while a server is down: for a grace period after a
+        PostgreSQL server (re)started, no trial is stale.
+        """
+        session = self._backend.scoped_session()
+        try:
+            now = session.execute(sqlalchemy.select(sqlalchemy.func.now())).scalar_one()
+            if session.get_bind().dialect.name == "postgresql":
+                started = session.execute(
+                    sqlalchemy.text("SELECT pg_postmaster_start_time()")
+                ).scalar_one()
+                if now - started < datetime.timedelta(seconds=grace):
+                    session.rollback()
+                    return []
+            now = now.replace(tzinfo=None)
+            running = (
+                session.query(models.TrialModel)
+                .options(sqlalchemy.orm.selectinload(models.TrialModel.heartbeats))
+                .filter(models.TrialModel.state == TrialState.RUNNING)
+                .filter(models.TrialModel.study_id == study_id)
+                .all()
+            )
+            stale = []
+            with self._mutex:
+                owned = set(self._owned)
+            for trial in running:
+                if not trial.heartbeats:
+                    if trial.trial_id not in owned:
+                        session.add(models.TrialHeartbeatModel(trial_id=trial.trial_id))
+                elif now - trial.heartbeats[0].heartbeat > datetime.timedelta(seconds=grace):
+                    stale.append(trial.trial_id)
+            session.commit()
+        except sqlalchemy.exc.IntegrityError:
+            # Its worker's first heartbeat came at the same moment: it is alive.
+            session.rollback()
+            return []
+        except BaseException:
+            session.rollback()
+            raise
+        finally:
+            self._backend.scoped_session.remove()
+        return stale
 
     def get_heartbeat_interval(self) -> int | None:
         return self._backend.get_heartbeat_interval()
@@ -523,23 +709,26 @@ class BufferedStorage(BaseStorage, BaseHeartbeat):
         self._backend.remove_session()
 
 
-def _add_params(
-    session: Any, trial_id: int, params: dict[str, tuple[float, BaseDistribution]]
-) -> None:
-    for name, (value, distribution) in params.items():
-        session.add(
-            models.TrialParamModel(
-                trial_id=trial_id,
-                param_name=name,
-                param_value=value,
-                distribution_json=distribution_to_json(distribution),
-            )
-        )
+def _first_line(error: BaseException) -> str:
+    original = getattr(error, "orig", None) or error.__cause__ or error
+    return str(original).strip().split("\n", 1)[0] or type(original).__name__
+
+
+# A commit whose acknowledgement was lost (the server went down at that moment) is retried,
+# so each write below skips or updates the rows that the first attempt may have stored.
 
 
 def _add_intermediate_values(session: Any, trial_id: int, steps: dict[int, float]) -> None:
-    # Optuna's Trial.report ignores a step reported twice, so every step here is new.
+    # Optuna's Trial.report ignores a step reported twice, so a stored step holds this value.
+    if not steps:
+        return
+    model = models.TrialIntermediateValueModel
+    stored_steps = {
+        step for (step,) in session.query(model.step).filter(model.trial_id == trial_id)
+    }
     for step, value in steps.items():
+        if step in stored_steps:
+            continue
         stored, value_type = models.TrialIntermediateValueModel.intermediate_value_to_stored_repr(
             value
         )
@@ -559,8 +748,12 @@ def _upsert_attrs(
     trial: models.TrialModel,
     attrs: dict[str, Any],
 ) -> None:
+    if not attrs:
+        return
+    query = session.query(model).filter(model.trial_id == trial.trial_id, model.key.in_(attrs))
+    rows = {row.key: row for row in query}
     for key, value in attrs.items():
-        row = model.find_by_trial_and_key(trial, key, session)
+        row = rows.get(key)
         if row is None:
             session.add(model(trial_id=trial.trial_id, key=key, value_json=json.dumps(value)))
         else:

@@ -8,7 +8,9 @@ half-created.
 
 from __future__ import annotations
 
+import _thread
 import signal
+import sys
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -19,12 +21,42 @@ __all__ = ["deferred", "install_handlers", "received_signal"]
 _depth = 0
 _pending: int | None = None
 _received: int | None = None
+_previous_unraisablehook = sys.unraisablehook
+_redelivering = False
+_REDELIVERY_DELAY_SECONDS = 0.05
 
 
 def install_handlers() -> None:
     """Makes SIGTERM behave like Ctrl-C, and both wait for :func:`deferred` blocks."""
     signal.signal(signal.SIGINT, _handle)
     signal.signal(signal.SIGTERM, _handle)
+    if sys.unraisablehook is not _redeliver_swallowed:
+        global _previous_unraisablehook
+        _previous_unraisablehook = sys.unraisablehook
+        sys.unraisablehook = _redeliver_swallowed
+
+
+def _redeliver_swallowed(unraisable: sys.UnraisableHookArgs) -> None:
+    # A signal handler runs wherever the main thread is, and Python drops exceptions raised
+    # inside a weakref callback or __del__ (TensorFlow's objects have many), which would
+    # lose the interrupt: the worker would carry on. Deliver the signal again instead, a
+    # moment later, from another thread, once the main thread is out of this context.
+    global _redelivering
+    error = unraisable.exc_value
+    if isinstance(error, KeyboardInterrupt) and _received is not None:
+        _redelivering = True
+        try:
+            timer = threading.Timer(
+                _REDELIVERY_DELAY_SECONDS,
+                _thread.interrupt_main,
+                args=(signal.Signals(_received),),
+            )
+            timer.daemon = True
+            timer.start()
+        finally:
+            _redelivering = False
+        return
+    _previous_unraisablehook(unraisable)
 
 
 def received_signal() -> int | None:
@@ -35,6 +67,8 @@ def received_signal() -> int | None:
 def _handle(signum: int, frame: FrameType | None) -> None:
     global _pending, _received
     _received = signum
+    if _redelivering:
+        return  # It would be dropped here too; the redelivery already on its way brings it.
     if _depth > 0:
         _pending = signum
         return

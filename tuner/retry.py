@@ -24,7 +24,7 @@ T = TypeVar("T")
 
 DEFAULT_MAX_WAIT_SECONDS = 300.0
 _FIRST_DELAY = 0.25
-_MAX_DELAY = 5.0
+MAX_DELAY_SECONDS = 5.0
 
 
 def is_transient(error: BaseException) -> bool:
@@ -59,6 +59,7 @@ def retry_transient(
     *,
     what: str,
     max_wait: float = DEFAULT_MAX_WAIT_SECONDS,
+    max_delay: float = MAX_DELAY_SECONDS,
     sleep: Callable[[float], None] = time.sleep,
 ) -> T:
     """Runs ``call``, retrying with backoff while it fails with a transient database error.
@@ -67,13 +68,15 @@ def retry_transient(
         call: The database call.
         what: What the call does, for the log.
         max_wait: Give up and re-raise after waiting this long in total. Defaults to 300 s.
+        max_delay: The longest wait between two attempts, which bounds how late a call
+            notices that the database is back. Defaults to 5 s.
         sleep: The sleep function, replaceable in tests.
 
     Returns:
         What ``call`` returns.
     """
     waited = 0.0
-    delay = _FIRST_DELAY
+    delay = min(_FIRST_DELAY, max_delay)
     while True:
         try:
             return call()
@@ -84,4 +87,4 @@ def retry_transient(
                 _logger.warning("Database unavailable while trying to %s; retrying.", what)
             sleep(delay)
             waited += delay
-            delay = min(delay * 2, _MAX_DELAY)
+            delay = min(delay * 2, max_delay)

@@ -20,7 +20,7 @@ import filelock
 import sqlalchemy
 import sqlalchemy.exc
 
-from tuner.storage import sqlite_path
+from tuner.storage import CONNECT_TIMEOUT_SECONDS, sqlite_path
 
 __all__ = ["StudyLock"]
 
@@ -105,22 +105,38 @@ class StudyLock:
     def _execute(self, sql: str, reconnect: bool = True, **params: object) -> None:
         # A server lock lives as long as its connection, so a dead connection (server
         # restart) has already released it: reconnect to take it, never to give it back.
-        try:
-            if self._connection is None or self._connection.closed:
+        # The connection is kept between uses, so it may have died meanwhile; then one
+        # attempt on a new connection follows at once.
+        for attempt in (1, 2):
+            reused = self._connection is not None and not self._connection.closed
+            try:
+                if not reused:
+                    if not reconnect:
+                        return
+                    if self._engine is None:
+                        connect_args = (
+                            {"connect_timeout": CONNECT_TIMEOUT_SECONDS}
+                            if self._backend == "postgresql"
+                            else {}
+                        )
+                        self._engine = sqlalchemy.create_engine(
+                            self._url,
+                            pool_pre_ping=True,
+                            pool_size=1,
+                            max_overflow=0,
+                            connect_args=connect_args,
+                        )
+                    self._connection = self._engine.connect()
+                assert self._connection is not None
+                self._connection.execute(sqlalchemy.text(sql), params)
+                self._connection.commit()
+                return
+            except sqlalchemy.exc.DBAPIError:
+                self.close()
                 if not reconnect:
                     return
-                if self._engine is None:
-                    self._engine = sqlalchemy.create_engine(
-                        self._url, pool_pre_ping=True, pool_size=1, max_overflow=0
-                    )
-                self._connection = self._engine.connect()
-            self._connection.execute(sqlalchemy.text(sql), params)
-            self._connection.commit()
-        except sqlalchemy.exc.DBAPIError:
-            self.close()
-            if not reconnect:
-                return
-            raise
+                if not reused or attempt == 2:
+                    raise
 
     def close(self) -> None:
         """Closes the lock's own connection, which releases any server-side lock."""
