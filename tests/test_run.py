@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -39,7 +40,8 @@ def test_run_with_two_workers_uses_the_exact_budget(tmp_path: Path) -> None:
 
     # Plain Optuna's CLI reads the same trials.
     listed = subprocess.run(
-        ["optuna", "trials", "--storage", url, "--study-name", "tiny", "-f", "json"],
+        [str(Path(sys.executable).with_name("optuna")), "trials", "--storage", url,
+         "--study-name", "tiny", "-f", "json"],
         capture_output=True,
         text=True,
         check=True,

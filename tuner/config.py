@@ -224,6 +224,8 @@ def load_study_config(
         raise ConfigError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start}).") from None
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"{path}: invalid TOML: {e}.") from None
+    except RecursionError:
+        raise ConfigError(f"{path}: invalid TOML: arrays or tables nested too deeply.") from None
     return parse_study_config(raw, path, overrides, environ)
 
 
@@ -261,8 +263,13 @@ class _Checker:
     def keys(self, section: str, table: Mapping[str, Any], allowed: tuple[str, ...]) -> None:
         where = f"in [{section}]" if section else "at the top level"
         for key in table:
-            if key not in allowed:
-                self.fail(f"unknown key '{key}' {where}; expected one of: {', '.join(allowed)}")
+            if key in allowed:
+                continue
+            # repr: a quoted TOML key may hold any character, a line break too.
+            if not section and isinstance(table[key], Mapping):
+                expected = ", ".join(f"[{name}]" for name in allowed)
+                self.fail(f"unknown section {key!r} at the top level; expected one of: {expected}")
+            self.fail(f"unknown key {key!r} {where}; expected one of: {', '.join(allowed)}")
 
     def value(
         self, section: str, table: Mapping[str, Any], key: str, kind: str, default: Any
@@ -488,15 +495,17 @@ def _parse_param(check: _Checker, name: str, spec: Any) -> BaseDistribution:
     for bound in ("low", "high"):
         if bound not in spec:
             check.fail(f"{where} needs both low and high, or choices, but got {dict(spec)!r}")
-    low = _check_param_value(check, name, spec["low"], kind, minimum, key="low")
-    high = _check_param_value(check, name, spec["high"], kind, minimum, key="high")
     log = spec.get("log", False)
     if not isinstance(log, bool):
         check.fail(f"{where} log must be true or false, but got log = {log!r}")
+    low = spec["low"]
+    # Before the checks of the value alone, which would not say that log is the reason.
+    if log and isinstance(low, int | float) and not isinstance(low, bool) and low <= 0:
+        check.fail(f"{where}.low must be > 0 with log = true, but got {low!r}")
+    low = _check_param_value(check, name, low, kind, minimum, key="low")
+    high = _check_param_value(check, name, spec["high"], kind, minimum, key="high")
     if low > high:
         check.fail(f"{where} low must be <= high, but got low = {low!r}, high = {high!r}")
-    if log and low <= 0:
-        check.fail(f"{where} with log = true needs low > 0, but got low = {low!r}")
     step = spec.get("step")
     if step is not None:
         step_ok = isinstance(step, int | float) and not isinstance(step, bool) and step > 0
@@ -508,7 +517,10 @@ def _parse_param(check: _Checker, name: str, spec: Any) -> BaseDistribution:
             check.fail(f"{where} cannot combine log = true with a step, but got step = {step!r}")
     if kind == "int":
         return IntDistribution(low, high, log=log, step=step or 1)
-    return FloatDistribution(low, high, log=log, step=step)
+    try:
+        return FloatDistribution(low, high, log=log, step=step)
+    except ArithmeticError:  # Optuna's decimal arithmetic on the step overflows.
+        check.fail(f"{where} step = {step!r} cuts {low!r}..{high!r} into too many steps")
 
 
 def _check_param_value(

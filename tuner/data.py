@@ -97,7 +97,8 @@ def load_dataset(settings: DataSettings) -> Dataset:
         x_full, y_full, test_size=settings.valid_size, random_state=settings.random_state
     )
     scaler = StandardScaler().fit(x_train)
-    _logger.info(
+    # Debug: at info it would precede the one-line message of an error that follows.
+    _logger.debug(
         "Loaded %s: %d training, %d validation and %d test rows of %d features.",
         origin,
         len(y_train),

@@ -23,7 +23,7 @@ from optuna.trial import FrozenTrial, TrialState
 from tuner.budget import superseded_numbers
 from tuner.config import STORAGE_ENV, StudyConfig
 from tuner.search import make_pruner, make_sampler
-from tuner.storage import Access, open_storage, storage_errors
+from tuner.storage import Access, check_storage, open_storage, storage_errors
 from tuner.study import load_existing_study, open_study
 from tuner.study_lock import StudyLock
 
@@ -60,6 +60,7 @@ def initialize(config: StudyConfig) -> None:
         ConfigError: The study exists with other settings.
     """
     settings = config.study
+    check_storage(settings.storage, Access.WRITE)  # before the lock file is made
     lock = StudyLock(settings.storage, settings.name)
     try:
         with storage_errors(settings.storage), lock:
@@ -125,6 +126,9 @@ def run(
 ) -> RunResult:
     """Starts ``workers`` worker processes and reports progress until they all exit.
 
+    The study must exist: call :func:`initialize` first, so that its errors show before
+    any worker starts.
+
     Args:
         config: The resolved study configuration.
         study_file: The study file, passed on to the workers.
@@ -137,7 +141,6 @@ def run(
         How the workers ended. On Ctrl-C the workers are stopped (their running trials are
         queued again) and ``interrupted`` is set.
     """
-    initialize(config)
     processes = _start_workers(config, study_file, workers, worker_log_level)
     result = RunResult()
     watcher = _Watcher(config)

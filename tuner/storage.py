@@ -15,14 +15,15 @@ from __future__ import annotations
 import contextlib
 import enum
 import logging
-import os
 import re
 import sqlite3
+import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import optuna
+import optuna.storages._rdb.storage as rdb_storage_module
 import sqlalchemy
 import sqlalchemy.exc
 from optuna.storages import RDBStorage
@@ -30,7 +31,14 @@ from optuna.trial import FrozenTrial
 
 from tuner.errors import StorageError
 
-__all__ = ["Access", "describe_url", "open_storage", "sqlite_path", "storage_errors"]
+__all__ = [
+    "Access",
+    "check_storage",
+    "describe_url",
+    "open_storage",
+    "sqlite_path",
+    "storage_errors",
+]
 
 _logger = logging.getLogger(__name__)
 
@@ -65,6 +73,23 @@ def describe_url(url: str) -> str:
         return re.sub(r"(://[^:/@]*:)[^@]*@", r"\1***@", url)
 
 
+def check_storage(url: str, access: Access) -> None:
+    """Checks the URL and, for SQLite, the file, without changing anything.
+
+    Call it before taking the study lock, whose SQLite lock file would otherwise be created
+    beside a database that cannot be used. A SQLite file's schema version is read here,
+    read-only; server databases are checked when connecting.
+
+    Raises:
+        StorageError: The URL is malformed or names an unknown driver, or a SQLite file is
+            missing (``READ``), cannot be created (``WRITE``) or is not an Optuna database.
+    """
+    shown = describe_url(url)
+    parsed = _parse(url, shown)
+    if parsed.get_backend_name() == "sqlite":
+        _check_sqlite(parsed, access, shown)
+
+
 def open_storage(
     url: str,
     access: Access,
@@ -95,7 +120,8 @@ def open_storage(
     backend = parsed.get_backend_name()
     engine_kwargs: dict[str, Any]
     if backend == "sqlite":
-        engine_kwargs = _sqlite_engine_kwargs(parsed, access, shown)
+        _check_sqlite(parsed, access, shown)
+        engine_kwargs = _sqlite_engine_kwargs(parsed, access)
     else:
         engine_kwargs = {"pool_pre_ping": True}
         if backend == "postgresql":
@@ -160,9 +186,8 @@ def _parse(url: str, shown: str) -> sqlalchemy.engine.URL:
     return parsed
 
 
-def _sqlite_engine_kwargs(
-    parsed: sqlalchemy.engine.URL, access: Access, shown: str
-) -> dict[str, Any]:
+def _check_sqlite(parsed: sqlalchemy.engine.URL, access: Access, shown: str) -> None:
+    """Checks a SQLite URL's file, its folder and the version of its schema."""
     if parsed.database in (None, "", ":memory:"):
         raise StorageError(
             f"storage {shown} is an in-memory SQLite database, which worker processes cannot "
@@ -176,16 +201,30 @@ def _sqlite_engine_kwargs(
                 f"'tuner init' first, or fix the path."
             )
         _check_sqlite_file(path, shown, must_be_optuna=True)
-        return {"connect_args": {"timeout": SQLITE_BUSY_TIMEOUT_SECONDS}}
+        return  # Optuna checks the schema version then, without writing.
     folder = path.parent
     if not folder.is_dir():
         raise StorageError(
             f"storage {shown}: the folder {folder} does not exist; create it or fix the path."
         )
-    if not os.access(folder, os.W_OK | os.X_OK):
-        raise StorageError(f"storage {shown}: the folder {folder} is not writable.")
+    # Try it: os.access says yes to root even where nobody may create files (/proc, a
+    # read-only mount). The database, its journal and the lock file all go in this folder.
+    try:
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as e:
+        raise StorageError(
+            f"storage {shown}: cannot create files in the folder {folder} "
+            f"({e.strerror or type(e).__name__}); choose a writable folder."
+        ) from None
     if path.exists():
         _check_sqlite_file(path, shown, must_be_optuna=False)
+
+
+def _sqlite_engine_kwargs(parsed: sqlalchemy.engine.URL, access: Access) -> dict[str, Any]:
+    if access is Access.READ:
+        return {"connect_args": {"timeout": SQLITE_BUSY_TIMEOUT_SECONDS}}
+    path = Path(str(parsed.database))
 
     def connect() -> sqlite3.Connection:
         connection = sqlite3.connect(
@@ -198,23 +237,53 @@ def _sqlite_engine_kwargs(
     return {"creator": connect}
 
 
-def _check_sqlite_file(path: Path, shown: str, must_be_optuna: bool) -> None:
-    """Refuses files that are not SQLite, or SQLite files that hold someone else's tables."""
+def _check_sqlite_file(path: Path, shown: str, must_be_optuna: bool) -> bool:
+    """Refuses files that are not SQLite, or SQLite files that hold someone else's tables.
+
+    Returns whether the file holds an Optuna database (else it is empty).
+    """
+    revision = None
     try:
         connection = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=30)
         try:
             tables = {row[0] for row in connection.execute("SELECT name FROM sqlite_master")}
+            if "alembic_version" in tables:
+                row = connection.execute("SELECT version_num FROM alembic_version").fetchone()
+                revision = row[0] if row else None
         finally:
             connection.close()
     except sqlite3.DatabaseError as e:
         raise StorageError(f"storage {shown}: {path} is not a SQLite database ({e}).") from None
     is_optuna = "studies" in tables and "trials" in tables
+    if is_optuna and revision is not None:
+        _check_schema_revision(revision, shown)
     if is_optuna or (not tables and not must_be_optuna):
-        return
+        return is_optuna
     what = "an empty SQLite file" if not tables else "a SQLite database of other tables"
     raise StorageError(
         f"storage {shown}: {path} is {what}, not an Optuna study database; point the "
         f"storage at an Optuna database or at a new file."
+    )
+
+
+def _check_schema_revision(revision: str, shown: str) -> None:
+    """Refuses a schema revision other than this Optuna's, as Optuna would, but read-only.
+
+    Optuna checks the version only after it has switched the file's journal mode and added
+    missing tables, which would change a database it then refuses. A database whose version
+    is not stamped yet is being created by another worker right now; Optuna checks that one.
+    """
+    import alembic.script  # Only when there is a file to check: it loads plugins.
+
+    # Optuna's own migration scripts, as its _VersionManager finds them.
+    scripts = alembic.script.ScriptDirectory(
+        str(Path(rdb_storage_module.__file__).parent / "alembic")
+    )
+    if revision == scripts.get_current_head():
+        return
+    known = {script.revision for script in scripts.walk_revisions()}
+    raise _schema_error(
+        "optuna storage upgrade" if revision in known else "pip install -U optuna", shown
     )
 
 
