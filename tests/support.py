@@ -59,6 +59,9 @@ def tiny_study(
             "n_trials": n_trials,
             "storage": url,
             "pruner": "none",
+            # In the folder even when a test points the storage at a server (whose default
+            # artifact folder is relative to the working directory, i.e. the repository).
+            "artifact_dir": str(folder / f"{name}_artifacts"),
             **(study or {}),
         },
         data={"source": str(data), "target": "target"},

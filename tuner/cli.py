@@ -141,7 +141,33 @@ def _build_parser() -> _Parser:
     lr_find.add_argument("--output", type=Path, metavar="PATH", help="the figure's HTML file")
     compare = command("compare", _compare, "Compare a fixed LR with 1-Cycle on the best trial.")
     compare.add_argument("--output", type=Path, metavar="PATH", help="the figure's HTML file")
+    report = command("report", _report, "Write one HTML file of the study's figures.")
+    report.add_argument(
+        "--output",
+        type=Path,
+        metavar="PATH",
+        help="the report's HTML file (default: beside the study database)",
+    )
+    dashboard = command(
+        "dashboard", _dashboard, "Serve optuna-dashboard on the study's database and artifacts."
+    )
+    dashboard.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="address to listen on (default: 127.0.0.1, this machine only: the dashboard has "
+        "no authentication and can delete studies)",
+    )
+    dashboard.add_argument(
+        "--port", type=_port, default=8080, help="port (default: 8080; 0 picks a free one)"
+    )
     return parser
+
+
+def _port(text: str) -> int:
+    port = _at_least(0)(text)
+    if port > 65535:
+        raise argparse.ArgumentTypeError(f"must be a port number up to 65535, but got {port}")
+    return port
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -182,6 +208,10 @@ def _configure_logging(level: str) -> None:
     if level != "debug":
         # The worker logs one line per failed trial; Optuna's adds a traceback to it.
         logging.getLogger("optuna.study._optimize").addFilter(_drop_failed_trial_tracebacks)
+        # Its "Downloading ..." line would precede a download error's own message.
+        logging.getLogger("sklearn").setLevel(logging.WARNING)
+        # Alembic, which Optuna uses for its schema, logs each plugin it loads.
+        logging.getLogger("alembic").setLevel(logging.WARNING)
 
 
 def _drop_failed_trial_tracebacks(record: logging.LogRecord) -> bool:
@@ -222,10 +252,17 @@ def _init(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
+    config = _config(args)
     from tuner import launcher
     from tuner.progress import TrialProgress
+    from tuner.storage import Access, check_storage
 
-    config = _config(args)
+    check_storage(config.study.storage, Access.WRITE)  # at once, before loading the data
+    from tuner.data import load_dataset
+
+    # Here, not in each worker: bad data is one message, and no study is created for it.
+    load_dataset(config.data)
+    launcher.initialize(config)
     workers = args.workers or launcher.default_workers(config.study.n_trials)
     print(
         f"Running study '{config.study.name}' ({config.study.n_trials} trials, "
@@ -274,7 +311,7 @@ def _worker(args: argparse.Namespace) -> int:
 def _best(args: argparse.Namespace) -> int:
     config = _config(args)
     study = _existing_study(config)
-    from tuner.final import best_trial
+    from tuner.study import best_trial
 
     trial = best_trial(study)
     if args.json:
@@ -301,7 +338,7 @@ def _best(args: argparse.Namespace) -> int:
 def _train_best(args: argparse.Namespace) -> int:
     from tuner.data import load_dataset
     from tuner.final import train_best
-    from tuner.progress import Steps
+    from tuner.progress import EpochProgress, Steps, epoch_callback
 
     config = _config(args)
     study = _existing_study(config, write=True)
@@ -310,9 +347,11 @@ def _train_best(args: argparse.Namespace) -> int:
     with steps.step("Loading data"):
         data = load_dataset(config.data)
     with steps.step(
-        f"Training the best trial's hyperparameters ({config.train.epochs} epochs max)"
+        f"Training the best trial's hyperparameters ({config.train.epochs} epochs max)",
+        shows_progress=True,
     ):
-        final = train_best(study, config, data, output)
+        progress = epoch_callback(EpochProgress(config.train.epochs))
+        final = train_best(study, config, data, output, callbacks=[progress])
     print(f"Final model from trial {final.trial_number}, {final.epochs} epochs:")
     print(f"  test MSE        {final.test_mse:.4f}")
     print(f"  test MAE        {final.test_mae:.4f}")
@@ -375,15 +414,18 @@ def _compare(args: argparse.Namespace) -> int:
     from tuner.data import load_dataset
     from tuner.figures import schedule_comparison_figure, write_html
     from tuner.final import compare_schedules
-    from tuner.progress import Steps
+    from tuner.progress import EpochProgress, Steps, epoch_callback
 
     config = _config(args)
     study = _existing_study(config, write=True)
     steps = Steps()
     with steps.step("Loading data"):
         data = load_dataset(config.data)
-    with steps.step("Training with a fixed LR and with 1-Cycle"):
-        comparison = compare_schedules(study, config, data)
+    with steps.step(
+        "Training with a fixed LR (run 1) and with 1-Cycle (run 2)", shows_progress=True
+    ):
+        progress = epoch_callback(EpochProgress(config.train.epochs, runs=2))
+        comparison = compare_schedules(study, config, data, callbacks=[progress])
     output = args.output or _beside_database(config, "_compare.html")
     figure = schedule_comparison_figure(
         comparison.fixed_val_loss, comparison.one_cycle_val_loss, comparison.learning_rate
@@ -395,6 +437,69 @@ def _compare(args: argparse.Namespace) -> int:
     better = "lower" if comparison.improvement_percent >= 0 else "higher"
     print(f"1-Cycle's test MSE is {abs(comparison.improvement_percent):.1f}% {better}.")
     print(f"Figure: {output}")
+    return 0
+
+
+def _report(args: argparse.Namespace) -> int:
+    from tuner import report
+    from tuner.progress import Steps
+
+    config = _config(args)
+    steps = Steps()
+    with steps.step("Reading the study"):
+        study = _existing_study(config)
+    sections = report.build_sections(study, config, step=steps.step)
+    output = args.output or _beside_database(config, "_report.html")
+    with steps.step(f"Writing {output}"):
+        report.write_report(study, config, output, sections)
+    try:
+        with steps.step("Saving tuner's figures to the study, for the dashboard"):
+            saved = report.save_to_dashboard(study, config, sections)
+    except TunerError as e:
+        # The report is written; a read-only database only costs the dashboard its copies.
+        print(f"tuner: warning: the figures were not saved to the study: {e}", file=sys.stderr)
+        saved = []
+    drawn = sum(1 for s in sections if s.figure is not None)
+    print(f"Report with {drawn} of {len(sections)} figures: {output}")
+    for section in sections:
+        if section.figure is None:
+            print(f"  {section.title}: {section.note}")
+    if saved:
+        print(f"The dashboard shows {len(saved)} of them on the study's page.")
+    return 0
+
+
+def _dashboard(args: argparse.Namespace) -> int:
+    config = _config(args)
+    from tuner.dashboard import Dashboard
+    from tuner.storage import describe_url
+
+    dashboard = Dashboard(config, host=args.host, port=args.port)
+    try:
+        print(
+            f"optuna-dashboard on {describe_url(config.study.storage)} "
+            f"(artifacts in {config.artifact_dir})",
+            file=sys.stderr,
+        )
+        if dashboard.listens_everywhere:
+            print(
+                f"tuner: warning: listening on {args.host}, reachable from other machines; the "
+                f"dashboard has no authentication and can delete studies.",
+                file=sys.stderr,
+            )
+        if dashboard.study_url is None:
+            print(
+                f"Study '{config.study.name}' does not exist yet; it appears once "
+                f"'tuner run' or 'tuner init' creates it.",
+                file=sys.stderr,
+            )
+        print(f"Open {dashboard.study_url or dashboard.url}", flush=True)
+        print("Press Ctrl-C to stop.", file=sys.stderr, flush=True)
+        dashboard.serve_forever()
+    except KeyboardInterrupt:
+        print("Dashboard stopped.", file=sys.stderr)
+    finally:
+        dashboard.close()
     return 0
 
 
@@ -427,7 +532,7 @@ def _beside_database(config: StudyConfig, suffix: str) -> Path:
 
 
 def _print_best(config: StudyConfig) -> None:
-    from tuner.final import best_trial
+    from tuner.study import best_trial
 
     study = _existing_study(config)
     try:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import math
 import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,15 +23,15 @@ from typing import Any
 import keras
 import numpy as np
 import optuna
-from optuna.trial import FrozenTrial, TrialState
+from optuna.trial import TrialState
 
 from tuner.config import DEFAULT_PARAMS, StudyConfig
 from tuner.data import Dataset
-from tuner.errors import TunerError
 from tuner.lr_finder import RangeTestResult, range_test
 from tuner.model import build_model
 from tuner.recipe import TrainedModel, train_params
 from tuner.search import trial_seed
+from tuner.study import best_trial
 
 __all__ = [
     "Comparison",
@@ -96,19 +97,6 @@ class Comparison:
         return 100.0 * (self.fixed_test_mse - self.one_cycle_test_mse) / self.fixed_test_mse
 
 
-def best_trial(study: optuna.Study) -> FrozenTrial:
-    """The study's best completed trial.
-
-    Raises:
-        TunerError: No trial has completed yet.
-    """
-    if not study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
-        raise TunerError(
-            f"study '{study.study_name}' has no completed trial yet; run 'tuner run' first."
-        )
-    return study.best_trial
-
-
 def evaluate(model: keras.Model, x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
     """Returns the model's MSE and MAE on ``(x, y)``."""
     prediction = model.predict(x, batch_size=4096, verbose=0).reshape(-1)
@@ -116,7 +104,13 @@ def evaluate(model: keras.Model, x: np.ndarray, y: np.ndarray) -> tuple[float, f
     return float(np.mean(error**2)), float(np.mean(np.abs(error)))
 
 
-def train_best(study: optuna.Study, config: StudyConfig, data: Dataset, output: Path) -> FinalModel:
+def train_best(
+    study: optuna.Study,
+    config: StudyConfig,
+    data: Dataset,
+    output: Path,
+    callbacks: Sequence[keras.callbacks.Callback] = (),
+) -> FinalModel:
     """Trains the best trial's hyperparameters with 1-Cycle and saves the result.
 
     Args:
@@ -124,6 +118,7 @@ def train_best(study: optuna.Study, config: StudyConfig, data: Dataset, output: 
         config: Its configuration.
         data: Its data.
         output: Where to save the ``.keras`` model.
+        callbacks: Extra Keras callbacks (epoch granularity), e.g. the CLI's progress.
 
     Returns:
         The final model's record, which is also stored in the study.
@@ -141,7 +136,7 @@ def train_best(study: optuna.Study, config: StudyConfig, data: Dataset, output: 
             config.train,
             seed=trial_seed(config.study.seed, trial.number),
             schedule="one_cycle",
-            callbacks=[checkpoint],
+            callbacks=[checkpoint, *callbacks],
         )
         trained.model.load_weights(str(checkpoint_path))
     test_mse, test_mae = evaluate(trained.model, data.x_test, data.y_test)
@@ -184,17 +179,23 @@ def with_scaling(trained: TrainedModel, data: Dataset) -> keras.Model:
     return model
 
 
-def compare_schedules(study: optuna.Study, config: StudyConfig, data: Dataset) -> Comparison:
+def compare_schedules(
+    study: optuna.Study,
+    config: StudyConfig,
+    data: Dataset,
+    callbacks: Sequence[keras.callbacks.Callback] = (),
+) -> Comparison:
     """Trains the best hyperparameters with a fixed LR and with 1-Cycle; scores both.
 
-    The fixed LR is the best trial's LR; 1-Cycle peaks at the same value.
+    The fixed LR is the best trial's LR; 1-Cycle peaks at the same value. ``callbacks`` (Keras,
+    epoch granularity) see both runs, the fixed LR first.
     """
     trial = best_trial(study)
     seed = trial_seed(config.study.seed, trial.number)
     runs = {}
     for schedule in ("constant", "one_cycle"):
         runs[schedule] = train_params(
-            trial.params, data, config.train, seed=seed, schedule=schedule
+            trial.params, data, config.train, seed=seed, schedule=schedule, callbacks=callbacks
         )
     fixed, cycled = runs["constant"], runs["one_cycle"]
     comparison = Comparison(

@@ -23,13 +23,20 @@ from optuna.distributions import (
     json_to_distribution,
 )
 from optuna.storages import BaseStorage
+from optuna.trial import FrozenTrial, TrialState
 
 from tuner.config import StudyConfig
-from tuner.errors import ConfigError, StorageError
+from tuner.errors import ConfigError, StorageError, TunerError
 from tuner.storage import describe_url
 from tuner.study_lock import StudyLock
 
-__all__ = ["SETTINGS_ATTR", "load_existing_study", "open_study", "settings_record"]
+__all__ = [
+    "SETTINGS_ATTR",
+    "best_trial",
+    "load_existing_study",
+    "open_study",
+    "settings_record",
+]
 
 SETTINGS_ATTR = "tuner_settings"
 DIRECTION = "minimize"
@@ -72,12 +79,14 @@ def open_study(
         ConfigError: The study exists with other settings; the message lists them.
     """
     name = config.study.name
+    created = False
     with lock:
         try:
             study = optuna.load_study(
                 study_name=name, storage=storage, sampler=sampler, pruner=pruner
             )
         except KeyError:
+            created = True
             study = optuna.create_study(
                 study_name=name,
                 storage=storage,
@@ -87,7 +96,13 @@ def open_study(
             )
             study.set_user_attr(SETTINGS_ATTR, settings_record(config))
             _logger.info("Created study %r in %s.", name, describe_url(config.study.storage))
-            return study
+    if created:
+        # Imported only here: optuna-dashboard takes seconds to import, and a study is
+        # created once.
+        from tuner.dashboard import save_settings_note
+
+        save_settings_note(study, config)
+        return study
     check_resumable(study, config)
     _logger.info("Resuming study %r with %d trials.", name, len(study.get_trials(deepcopy=False)))
     return study
@@ -164,3 +179,16 @@ def load_existing_study(storage: BaseStorage, config: StudyConfig) -> optuna.Stu
         raise StorageError(
             f"no study named '{name}' in {describe_url(config.study.storage)}; {there}."
         ) from None
+
+
+def best_trial(study: optuna.Study) -> FrozenTrial:
+    """The study's best completed trial.
+
+    Raises:
+        TunerError: No trial has completed yet.
+    """
+    if not study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+        raise TunerError(
+            f"study '{study.study_name}' has no completed trial yet; run 'tuner run' first."
+        )
+    return study.best_trial

@@ -31,7 +31,7 @@ from tuner.buffered_storage import BufferedStorage
 from tuner.config import StudyConfig
 from tuner.errors import TunerError
 from tuner.search import make_pruner, make_sampler, worker_seed
-from tuner.storage import Access, open_storage, storage_errors
+from tuner.storage import Access, check_storage, open_storage, storage_errors
 from tuner.study import open_study
 from tuner.study_lock import StudyLock
 
@@ -90,6 +90,7 @@ def connect(config: StudyConfig, sampler_seed: int) -> Connection:
         ConfigError: The study exists with other settings.
     """
     study_settings = config.study
+    check_storage(study_settings.storage, Access.WRITE)  # before the lock file is made
     lock = StudyLock(study_settings.storage, study_settings.name)
     with storage_errors(study_settings.storage), lock:
         backend = open_storage(
@@ -147,17 +148,20 @@ def run_worker(config: StudyConfig, *, worker_index: int | None = None) -> Worke
         TunerError: The study, its storage or its data cannot be used.
     """
     from tuner.data import load_dataset
-    from tuner.objective import Objective
 
     index = worker_index if worker_index is not None else secrets.randbelow(2**31)
     seed = worker_seed(config.study.seed, index)
+    # Data first: bad data then creates no study and costs no TensorFlow import.
+    dataset = load_dataset(config.data)
     connection = connect(config, seed)
     study = connection.study
-    dataset = load_dataset(config.data)
     _logger.info(
         "Worker %d (sampler seed %d) on %s, pid %d.", index, seed, socket.gethostname(), os.getpid()
     )
-    objective = Objective(config, dataset)
+    from tuner.artifacts import TrialArtifacts
+    from tuner.objective import Objective
+
+    objective = Objective(config, dataset, after_training=TrialArtifacts(config))
     watcher = _TrialWatcher(config.study.max_consecutive_failures)
     report = WorkerReport(worker_index=index, states=watcher.states)
     interrupts.install_handlers()
