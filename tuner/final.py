@@ -223,7 +223,7 @@ def find_lr(
 ) -> RangeTestResult:
     """Runs the LR range test on a model built from ``params``."""
     p = {**DEFAULT_PARAMS, **params}
-    keras.backend.clear_session()
+    keras.backend.clear_session(free_memory=False)
     keras.utils.set_random_seed(seed)
     model = build_model(
         p["n_hidden"],
