@@ -62,24 +62,37 @@ def test_a_trial_reads_back_identically_through_plain_optuna(url: str) -> None:
     assert stored.datetime_complete is not None
 
 
-def test_writes_reach_the_database_at_the_heartbeat_not_before(url: str) -> None:
+def test_writes_reach_the_database_at_the_first_report_then_at_heartbeats(url: str) -> None:
     study, storage = _worker_study(url, n_trials=None)
     trial = study.ask()
-    trial.suggest_int("layers", 1, 5)
-    trial.report(0.7, 0)
+    layers = trial.suggest_int("layers", 1, 5)
+    act = trial.suggest_categorical("act", ["relu", "tanh"])
+    [drawn] = _plain(url).get_trials()
+    assert drawn.state == TrialState.RUNNING
+    assert drawn.params == {}  # drawn values wait for the first report...
 
-    [before] = _plain(url).get_trials()
-    assert before.state == TrialState.RUNNING
-    assert before.intermediate_values == {}
-    # Parameters are written at once: a retry of the trial must find them.
-    assert before.params == {"layers": trial.params["layers"]}
+    trial.report(0.7, 0)
+    [first] = _plain(url).get_trials()
+    # ...which writes them all in one transaction, so a retry of the trial finds them.
+    assert first.params == {"layers": layers, "act": act}
+    assert first.intermediate_values == {0: 0.7}
+
+    trial.report(0.6, 1)
+    trial.set_user_attr("note", "x")
+    [later] = _plain(url).get_trials()
+    assert later.intermediate_values == {0: 0.7} and later.user_attrs == {}
 
     storage.record_heartbeat(trial._trial_id)
-    [after] = _plain(url).get_trials()
-    assert after.intermediate_values == {0: 0.7}
-    trial.report(0.6, 1)
-    study.tell(trial, 0.6)
-    assert _plain(url).get_trials()[0].intermediate_values == {0: 0.7, 1: 0.6}
+    [beat] = _plain(url).get_trials()
+    assert beat.intermediate_values == {0: 0.7, 1: 0.6}
+    assert beat.user_attrs == {"note": "x"}
+    trial.report(0.5, 2)
+    trial.set_user_attr("note", "y")
+    study.tell(trial, 0.5)
+    [done] = _plain(url).get_trials()
+    assert done.intermediate_values == {0: 0.7, 1: 0.6, 2: 0.5}
+    assert done.user_attrs == {"note": "y"}
+    assert done.state == TrialState.COMPLETE
 
 
 def test_pruners_see_the_running_trials_own_reports(url: str) -> None:

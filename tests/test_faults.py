@@ -303,11 +303,13 @@ def test_a_commit_whose_acknowledgement_was_lost_is_retried_safely(
     study, storage = _worker_storage(url)
     trial = study.ask()
     trial.suggest_float("x", 0, 1)
-    trial.report(0.5, 0)
+    trial.report(0.5, 0)  # the first report writes the parameter and step 0 at once
+    trial.report(0.4, 1)
     trial.set_user_attr("note", "a")
     owned = storage._owned[trial._trial_id]
     state, values = (TrialState.COMPLETE, [0.5]) if final else (None, None)
     pending = (
+        {n: (owned.params[n], owned.distributions[n]) for n in owned.new_params},
         {s: owned.intermediate[s] for s in owned.new_steps},
         {k: owned.user_attrs[k] for k in owned.new_user_attrs},
         {},
@@ -323,7 +325,7 @@ def test_a_commit_whose_acknowledgement_was_lost_is_retried_safely(
 
     [stored] = RDBStorage(url).get_all_trials(study._study_id)
     assert stored.state == TrialState.COMPLETE and stored.value == 0.5
-    assert stored.intermediate_values == {0: 0.5}
+    assert stored.intermediate_values == {0: 0.5, 1: 0.4}
     assert list(stored.params) == ["x"] and stored.user_attrs == {"note": "a"}
 
 

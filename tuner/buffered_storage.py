@@ -59,7 +59,7 @@ _logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-DEFAULT_READ_TTL_SECONDS = 2.0
+DEFAULT_READ_TTL_SECONDS = 5.0
 
 
 @dataclass
@@ -74,9 +74,15 @@ class _OwnedTrial:
     user_attrs: dict[str, Any] = field(default_factory=dict)
     system_attrs: dict[str, Any] = field(default_factory=dict)
     # What is not in the database yet.
+    new_params: set[str] = field(default_factory=set)
     new_steps: set[int] = field(default_factory=set)
     new_user_attrs: set[str] = field(default_factory=set)
     new_system_attrs: set[str] = field(default_factory=set)
+    # Commits tried so far: before the first, nothing of this trial's can be stored but what
+    # it was created with, so the commit need not look for rows a lost attempt left.
+    commit_attempts: int = 0
+    # frozen() for the running trial, rebuilt after each change: pruners ask every epoch.
+    cached: FrozenTrial | None = None
 
     @classmethod
     def from_frozen(cls, trial: FrozenTrial, study_id: int | None) -> _OwnedTrial:
@@ -89,6 +95,15 @@ class _OwnedTrial:
             user_attrs=dict(trial.user_attrs),
             system_attrs=dict(trial.system_attrs),
         )
+
+    def changed(self) -> None:
+        self.cached = None
+
+    def running(self) -> FrozenTrial:
+        """The trial as it stands, shared between calls until it changes: do not modify."""
+        if self.cached is None:
+            self.cached = self.frozen()
+        return self.cached
 
     def frozen(
         self,
@@ -112,7 +127,9 @@ class _OwnedTrial:
         )
 
     def has_pending(self) -> bool:
-        return bool(self.new_steps or self.new_user_attrs or self.new_system_attrs)
+        return bool(
+            self.new_params or self.new_steps or self.new_user_attrs or self.new_system_attrs
+        )
 
 
 class BufferedStorage(BaseStorage, BaseHeartbeat):
@@ -324,39 +341,13 @@ class BufferedStorage(BaseStorage, BaseHeartbeat):
         known = self._known_distribution(owned, param_name)
         if known is not None:
             check_distribution_compatibility(known, distribution)
-        # Written at once, not buffered: if this worker dies before its next heartbeat, the
-        # trial's retry must still find the parameters to run again.
-        self._db(
-            "write a parameter",
-            lambda: self._insert_param(trial_id, param_name, param_value_internal, distribution),
-        )
+        # Buffered only until the trial's first report (or heartbeat), which writes them all
+        # in one transaction: a retry of a trial whose worker died must find its parameters.
         with self._mutex:
             owned.params[param_name] = param_value_internal
             owned.distributions[param_name] = distribution
-
-    def _insert_param(
-        self, trial_id: int, name: str, value: float, distribution: BaseDistribution
-    ) -> None:
-        # One INSERT: the checks of RDBStorage.set_trial_param (distribution compatibility,
-        # a running trial) were made above, or hold because this process owns the trial.
-        session = self._backend.scoped_session()
-        try:
-            session.add(
-                models.TrialParamModel(
-                    trial_id=trial_id,
-                    param_name=name,
-                    param_value=value,
-                    distribution_json=distribution_to_json(distribution),
-                )
-            )
-            session.commit()
-        except sqlalchemy.exc.IntegrityError:
-            session.rollback()  # A first attempt stored it; its acknowledgement was lost.
-        except BaseException:
-            session.rollback()
-            raise
-        finally:
-            self._backend.scoped_session.remove()
+            owned.new_params.add(param_name)
+            owned.changed()
 
     def set_trial_intermediate_value(
         self, trial_id: int, step: int, intermediate_value: float
@@ -373,6 +364,10 @@ class BufferedStorage(BaseStorage, BaseHeartbeat):
         with self._mutex:
             owned.intermediate[step] = intermediate_value
             owned.new_steps.add(step)
+            owned.changed()
+            params_pending = bool(owned.new_params)
+        if params_pending:
+            self.flush(trial_id)
 
     def set_trial_user_attr(self, trial_id: int, key: str, value: Any) -> None:
         owned = self._owned_or_none(trial_id)
@@ -385,6 +380,7 @@ class BufferedStorage(BaseStorage, BaseHeartbeat):
         with self._mutex:
             owned.user_attrs[key] = copy.deepcopy(value)
             owned.new_user_attrs.add(key)
+            owned.changed()
 
     def set_trial_system_attr(self, trial_id: int, key: str, value: Any) -> None:
         owned = self._owned_or_none(trial_id)
@@ -398,6 +394,7 @@ class BufferedStorage(BaseStorage, BaseHeartbeat):
         with self._mutex:
             owned.system_attrs[key] = copy.deepcopy(value)
             owned.new_system_attrs.add(key)
+            owned.changed()
 
     def _owned_or_none(self, trial_id: int) -> _OwnedTrial | None:
         with self._mutex:
@@ -423,7 +420,7 @@ class BufferedStorage(BaseStorage, BaseHeartbeat):
         with self._mutex:
             owned = self._owned.get(trial_id)
             if owned is not None:
-                return owned.frozen()
+                return copy.copy(owned.running())
             finished = self._finished.get(trial_id)
             if finished is not None:
                 return copy.deepcopy(finished)
@@ -439,7 +436,10 @@ class BufferedStorage(BaseStorage, BaseHeartbeat):
             # The queue must be read fresh, or a worker could miss a retried trial; it is
             # usually empty, so ask for IDs first.
             return self._db("read the queue", lambda: self._waiting_trials(study_id))
-        trials = self._trials(study_id)
+        # Who is running right now decides whether a worker may stop, so it is read fresh
+        # too; finished trials, which pruners and samplers read, may be a few seconds old.
+        fresh = states is not None and TrialState.RUNNING in states
+        trials = self._trials(study_id, fresh=fresh)
         if states is not None:
             trials = [t for t in trials if t.state in states]
         return copy.deepcopy(trials) if deepcopy else trials
@@ -480,7 +480,7 @@ class BufferedStorage(BaseStorage, BaseHeartbeat):
         else:
             trials = cached[1]
         with self._mutex:
-            local = {tid: o.frozen() for tid, o in self._owned.items() if o.study_id == study_id}
+            local = {tid: o.running() for tid, o in self._owned.items() if o.study_id == study_id}
             local.update(
                 (tid, t) for tid, t in self._finished.items() if self._study_of.get(tid) == study_id
             )
@@ -506,13 +506,17 @@ class BufferedStorage(BaseStorage, BaseHeartbeat):
     ) -> None:
         trial_id = owned.base._trial_id
         with self._mutex:
+            params = {n: (owned.params[n], owned.distributions[n]) for n in owned.new_params}
             steps = {s: owned.intermediate[s] for s in owned.new_steps}
             user_attrs = {k: owned.user_attrs[k] for k in owned.new_user_attrs}
             system_attrs = {k: owned.system_attrs[k] for k in owned.new_system_attrs}
         completed_at = datetime.datetime.now()
         with deferred():
-            self._commit(owned, steps, user_attrs, system_attrs, state, values, completed_at)
+            self._commit(
+                owned, params, steps, user_attrs, system_attrs, state, values, completed_at
+            )
         with self._mutex:
+            owned.new_params.difference_update(params)
             owned.new_steps.difference_update(steps)
             owned.new_user_attrs.difference_update(user_attrs)
             owned.new_system_attrs.difference_update(system_attrs)
@@ -526,6 +530,7 @@ class BufferedStorage(BaseStorage, BaseHeartbeat):
     def _commit(
         self,
         owned: _OwnedTrial,
+        params: dict[str, tuple[float, BaseDistribution]],
         steps: dict[int, float],
         user_attrs: dict[str, Any],
         system_attrs: dict[str, Any],
@@ -534,6 +539,13 @@ class BufferedStorage(BaseStorage, BaseHeartbeat):
         completed_at: datetime.datetime,
     ) -> None:
         trial_id = owned.base._trial_id
+        # Rows that an earlier attempt may have stored (its acknowledgement lost with the
+        # connection) are looked for, and skipped or updated; before any attempt, only the
+        # attributes the trial was created with (a retry's) can be there.
+        careful = owned.commit_attempts > 0
+        owned.commit_attempts += 1
+        stored_user = set(owned.base.user_attrs)
+        stored_system = set(owned.base.system_attrs)
         session = self._backend.scoped_session()
         try:
             trial = models.TrialModel.find_or_raise_by_id(trial_id, session, for_update=True)
@@ -548,9 +560,22 @@ class BufferedStorage(BaseStorage, BaseHeartbeat):
             # Look everything up before adding anything, so that the inserts go out in one
             # flush at the commit rather than one flush per lookup.
             with session.no_autoflush:
-                _add_intermediate_values(session, trial_id, steps)
-                _upsert_attrs(session, models.TrialUserAttributeModel, trial, user_attrs)
-                _upsert_attrs(session, models.TrialSystemAttributeModel, trial, system_attrs)
+                _add_params(session, trial_id, params, careful)
+                _add_intermediate_values(session, trial_id, steps, careful)
+                _upsert_attrs(
+                    session,
+                    models.TrialUserAttributeModel,
+                    trial,
+                    user_attrs,
+                    None if careful else stored_user,
+                )
+                _upsert_attrs(
+                    session,
+                    models.TrialSystemAttributeModel,
+                    trial,
+                    system_attrs,
+                    None if careful else stored_system,
+                )
             if state is not None:
                 for objective, value in enumerate(values or ()):
                     stored, value_type = models.TrialValueModel.value_to_stored_repr(value)
@@ -718,14 +743,41 @@ def _first_line(error: BaseException) -> str:
 # so each write below skips or updates the rows that the first attempt may have stored.
 
 
-def _add_intermediate_values(session: Any, trial_id: int, steps: dict[int, float]) -> None:
+def _add_params(
+    session: Any, trial_id: int, params: dict[str, tuple[float, BaseDistribution]], careful: bool
+) -> None:
+    # The checks of RDBStorage.set_trial_param (compatible distribution, a running trial) were
+    # made when the value was drawn, or hold because this process owns the trial.
+    if not params:
+        return
+    model = models.TrialParamModel
+    stored: set[str] = set()
+    if careful:
+        query = session.query(model.param_name).filter(model.trial_id == trial_id)
+        stored = {name for (name,) in query}
+    for name, (value, distribution) in params.items():
+        if name not in stored:
+            session.add(
+                model(
+                    trial_id=trial_id,
+                    param_name=name,
+                    param_value=value,
+                    distribution_json=distribution_to_json(distribution),
+                )
+            )
+
+
+def _add_intermediate_values(
+    session: Any, trial_id: int, steps: dict[int, float], careful: bool
+) -> None:
     # Optuna's Trial.report ignores a step reported twice, so a stored step holds this value.
     if not steps:
         return
     model = models.TrialIntermediateValueModel
-    stored_steps = {
-        step for (step,) in session.query(model.step).filter(model.trial_id == trial_id)
-    }
+    stored_steps: set[int] = set()
+    if careful:
+        query = session.query(model.step).filter(model.trial_id == trial_id)
+        stored_steps = {step for (step,) in query}
     for step, value in steps.items():
         if step in stored_steps:
             continue
@@ -747,11 +799,16 @@ def _upsert_attrs(
     model: type[models.TrialUserAttributeModel] | type[models.TrialSystemAttributeModel],
     trial: models.TrialModel,
     attrs: dict[str, Any],
+    maybe_stored: set[str] | None,
 ) -> None:
+    """Inserts or updates attributes; only keys in ``maybe_stored`` are looked up (all if None)."""
+    lookup = list(attrs) if maybe_stored is None else [k for k in attrs if k in maybe_stored]
     if not attrs:
         return
-    query = session.query(model).filter(model.trial_id == trial.trial_id, model.key.in_(attrs))
-    rows = {row.key: row for row in query}
+    rows = {}
+    if lookup:
+        query = session.query(model).filter(model.trial_id == trial.trial_id, model.key.in_(lookup))
+        rows = {row.key: row for row in query}
     for key, value in attrs.items():
         row = rows.get(key)
         if row is None:
