@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
+from datetime import timedelta
 from pathlib import Path
 
 import optuna
@@ -40,6 +42,17 @@ def url(tmp_path: Path) -> str:
     return f"sqlite:///{tmp_path / 'study.db'}"
 
 
+@pytest.fixture
+def away_from_utc(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Local time 5 hours off UTC, so that a time stored as local instead of UTC shows."""
+    monkeypatch.setenv("TZ", "America/New_York")
+    time.tzset()
+    yield
+    monkeypatch.undo()
+    time.tzset()
+
+
+@pytest.mark.usefixtures("away_from_utc")
 def test_a_trial_reads_back_identically_through_plain_optuna(url: str) -> None:
     study, _ = _worker_study(url, n_trials=None)
     trial = study.ask()
@@ -59,7 +72,8 @@ def test_a_trial_reads_back_identically_through_plain_optuna(url: str) -> None:
     assert stored.params == {"lr": lr, "layers": layers, "act": act}
     assert stored.intermediate_values == {0: 3.0, 1: 2.0, 2: float("inf"), 3: 1.5}
     assert stored.user_attrs == {"val_mae": 0.5, "curve": [1, 2, 3]}
-    assert stored.datetime_complete is not None
+    assert stored.datetime_start is not None and stored.datetime_complete is not None
+    assert timedelta(0) <= stored.datetime_complete - stored.datetime_start < timedelta(minutes=1)
 
 
 def test_writes_reach_the_database_at_the_first_report_then_at_heartbeats(url: str) -> None:
