@@ -19,11 +19,12 @@ from tests.support import ROOT, tiny_study, tuner_command
 from tuner.budget import count_toward_budget, superseded_numbers
 from tuner.storage import Access, open_storage, sqlite_path
 
-# Trials long enough to be caught running (each epoch is a few milliseconds), a heartbeat
-# every second and a grace period of three, so that faults resolve within seconds.
+# Trials long enough to be caught running, a heartbeat every second and a grace period of
+# three, so that faults resolve within seconds. An epoch takes about 3 ms: at 150 epochs two
+# workers' half-second trials overlapped too briefly to be caught both running, now and then.
 FAULT_STUDY = {"heartbeat_interval": 1, "grace_period": 3, "max_retries": 3}
 FAULT_TRAIN = {"early_stopping_patience": 10_000}
-FAULT_EPOCHS = 150
+FAULT_EPOCHS = 600
 
 
 def fault_study(folder: Path, n_trials: int, url: str | None = None) -> tuple[Path, str]:
