@@ -602,7 +602,7 @@ class BufferedStorage(BaseStorage, BaseHeartbeat):
                     session.execute(sqlalchemy.insert(models.TrialValueModel), rows)
                 # The table, not the model: the model maps this column to a private attribute
                 # that holds naive UTC, as its setter would store it.
-                completed_utc = completed_at.astimezone(datetime.timezone.utc).replace(tzinfo=None)
+                completed_utc = completed_at.astimezone(datetime.UTC).replace(tzinfo=None)
                 trials = trial_table.__table__
                 session.execute(
                     sqlalchemy.update(trials)
