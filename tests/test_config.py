@@ -59,6 +59,17 @@ def test_the_california_study_parses_to_its_settings_and_distributions() -> None
     assert config.artifact_dir == Path("studies/california_artifacts")
 
 
+def test_the_lr_finder_study_searches_a_factor_of_each_trials_suggestion() -> None:
+    config = load_study_config(CALIFORNIA.with_name("california_lr_finder.toml"), environ={})
+    assert config.study.name == "california_lr_finder"
+    assert config.train == TrainSettings(
+        epochs=30, schedule="one_cycle", early_stopping_patience=5, lr_finder=True
+    )
+    assert "learning_rate" not in config.space
+    assert config.space["lr_factor"] == FloatDistribution(0.3, 3.0, log=True)
+    assert config.space["optimizer"] == CategoricalDistribution(["sgd", "nesterov", "adam"])
+
+
 def test_an_empty_file_takes_every_default(tmp_path: Path) -> None:
     path = _write(tmp_path, "")
     config = load_study_config(path, environ={})

@@ -5,8 +5,8 @@ Three rules, each tested on synthetic curves:
 - ``min_div_10``, the reference notebook's: the LR at the lowest loss, divided by 10.
 - ``steepest``: where the smoothed loss falls fastest against log LR (fastai's "steep",
   Lightning's suggestion).
-- ``valley``: fastai's valley: the longest run of falling loss, and a point 2/3 of the way
-  down it, which is more stable from run to run than either of the others.
+- ``valley``: fastai's valley: the longest run of falling loss, and a point halfway along
+  it, which is more stable from run to run than either of the others.
 
 The smoothed rules use a bias-corrected exponential moving average of the loss (fastai's
 ``Recorder``), so that one noisy batch does not decide the answer.
@@ -59,7 +59,7 @@ def _steepest(log_lrs: np.ndarray, losses: np.ndarray) -> int:
 
 def _valley(log_lrs: np.ndarray, losses: np.ndarray) -> int:
     # fastai's valley: the longest decreasing subsequence of the smoothed loss, then a point
-    # two thirds of the way into it. Quadratic, which is fine for a few hundred points.
+    # halfway into it (a third plus a sixth). Quadratic, which is fine for a few hundred points.
     smoothed = smooth_losses(losses)
     n = len(smoothed)
     run = [1] * n
