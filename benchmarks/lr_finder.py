@@ -1,16 +1,19 @@
 """Issue 7: does an LR range test inside every trial pay? Prints one JSON line a figure.
 
-Two searches on California housing, each a 2-worker study with the same number of trials,
+Four searches on California housing, each a 2-worker study with the same number of trials,
 repeated over several study seeds:
 
 - ``absolute``: the notebook's search, the 1-Cycle peak LR sampled in 1e-4..1e-1 (log).
 - ``lr_finder``: each trial runs a range test on its own model and batch size and samples
-  the peak LR as a factor 0.3..3 (log) of the test's suggestion.
+  the peak LR as a factor 0.3..3 (log) of the test's suggestion (the notebook's min / 10).
+- ``lr_finder_valley``: the same with fastai's valley rule.
+- ``lr_finder_wide``: min / 10 again, with the factor sampled in 1..30 (log), i.e. around
+  the LR of the lowest loss.
 
 The other parameters and the training are the same. For each run: the best validation MSE,
 the test MSE of the final model that ``tuner train-best`` trains from the best trial, and
 the median trial time; then the medians over seeds. Run from the project root:
-``python benchmarks/lr_finder.py`` (about 30 minutes on 2 cores); ``--quick`` only checks
+``python benchmarks/lr_finder.py`` (about 25 minutes on 2 cores); ``--quick`` only checks
 that the script works.
 """
 
@@ -46,6 +49,16 @@ SEARCHES: dict[str, dict[str, Any]] = {
         "train": {"lr_finder": True},
         "space": {"lr_factor": {"low": 0.3, "high": 3.0, "log": True}, **COMMON_SPACE},
     },
+    "lr_finder_valley": {
+        "train": {"lr_finder": True, "lr_suggestion": "valley"},
+        "space": {"lr_factor": {"low": 0.3, "high": 3.0, "log": True}, **COMMON_SPACE},
+    },
+    # The first runs found the best peaks 10-20x above the min / 10 suggestion, at the top of
+    # the 0.3..3 range: this one samples around the LR of the lowest loss instead.
+    "lr_finder_wide": {
+        "train": {"lr_finder": True},
+        "space": {"lr_factor": {"low": 1.0, "high": 30.0, "log": True}, **COMMON_SPACE},
+    },
 }
 
 
@@ -78,15 +91,31 @@ def run_search(folder: Path, search: str, seed: int, trials: int, epochs: int) -
         if t.datetime_complete and t.datetime_start
     ]
     final = study.user_attrs["final_model"]
-    return {
+    best = study.best_trial
+    result = {
         "search": search,
         "seed": seed,
         "trials": len(done),
         "complete": sum(t.state == TrialState.COMPLETE for t in done),
+        "pruned": sum(t.state == TrialState.PRUNED for t in done),
+        "failed": sum(t.state == TrialState.FAIL for t in done),
         "best_val_mse": round(study.best_value, 4),
         "final_test_mse": round(final["test_mse"], 4),
         "median_trial_seconds": round(statistics.median(durations), 2),
+        # The peak LR the best trial trained with, to see where each search lands.
+        "best_peak_lr": best.user_attrs.get("lr_used", best.params.get("learning_rate")),
+        "best_params": best.params,
     }
+    tested = [t for t in done if "lr_suggestion" in t.user_attrs]
+    if tested:
+        result["median_lr_suggestion"] = statistics.median(
+            t.user_attrs["lr_suggestion"] for t in tested
+        )
+        # How far apart the suggestion rules land on the same curve, in decades.
+        result["median_rule_spread_decades"] = round(
+            statistics.median(t.user_attrs["lr_spread_decades"] for t in tested), 2
+        )
+    return result
 
 
 def main() -> None:
@@ -94,12 +123,16 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="tiny sizes, to test the script")
     parser.add_argument("--seeds", type=int, default=3, help="study seeds per search")
     parser.add_argument("--trials", type=int, default=24, help="trials per study")
+    parser.add_argument(
+        "--searches", nargs="+", choices=tuple(SEARCHES), default=tuple(SEARCHES),
+        help="which searches to run (default: all)",
+    )  # fmt: skip
     args = parser.parse_args()
     seeds, trials, epochs = (1, 2, 2) if args.quick else (args.seeds, args.trials, 30)
-    runs: dict[str, list[dict[str, Any]]] = {search: [] for search in SEARCHES}
+    runs: dict[str, list[dict[str, Any]]] = {search: [] for search in args.searches}
     with tempfile.TemporaryDirectory() as tmp:
         for seed in range(seeds):
-            for search in SEARCHES:  # interleaved, so drift in machine load hits both
+            for search in args.searches:  # interleaved, so drift in machine load hits both
                 result = run_search(Path(tmp), search, seed, trials, epochs)
                 runs[search].append(result)
                 print(json.dumps({"figure": "lr_finder_run", **result}), flush=True)

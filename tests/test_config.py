@@ -66,7 +66,7 @@ def test_the_lr_finder_study_searches_a_factor_of_each_trials_suggestion() -> No
         epochs=30, schedule="one_cycle", early_stopping_patience=5, lr_finder=True
     )
     assert "learning_rate" not in config.space
-    assert config.space["lr_factor"] == FloatDistribution(0.3, 3.0, log=True)
+    assert config.space["lr_factor"] == FloatDistribution(1.0, 30.0, log=True)
     assert config.space["optimizer"] == CategoricalDistribution(["sgd", "nesterov", "adam"])
 
 
