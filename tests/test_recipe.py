@@ -90,3 +90,44 @@ def test_trials_with_the_lr_finder_record_the_suggestion_factor_and_lr(tmp_path:
         assert attrs["lr_suggestions"]["min_div_10"] == attrs["lr_suggestion"]
         logs = [math.log10(v) for v in attrs["lr_suggestions"].values()]
         assert attrs["lr_spread_decades"] == pytest.approx(max(logs) - min(logs))
+
+
+def test_a_callback_that_stops_training_still_hands_over_the_epochs_trained(data) -> None:  # type: ignore[no-untyped-def]
+    class StopAtEpoch(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+            if epoch == 2:
+                raise optuna.TrialPruned()
+
+    seen: list = []
+    with pytest.raises(optuna.TrialPruned):
+        train_params(PARAMS, data, TrainSettings(epochs=6), seed=4, callbacks=[StopAtEpoch()],
+                     on_abort=seen.append)  # fmt: skip
+    [partial] = seen
+    assert partial.aborted
+    assert partial.history.epochs == 3
+    assert all(math.isfinite(v) for v in partial.history.val_loss)
+
+
+def test_a_pruned_trial_keeps_its_curves_up_to_where_it_was_pruned(tmp_path: Path) -> None:
+    from tuner.artifacts import (
+        LEARNING_CURVES,
+        LR_SCHEDULE,
+        TrialArtifacts,
+        artifact_store,
+        read_trial_table,
+    )
+
+    study_file, url = tiny_study(tmp_path, n_trials=1, epochs=8)
+    config = load_study_config(study_file)
+    # Any validation MSE above zero is pruned once two epochs are in.
+    pruner = optuna.pruners.ThresholdPruner(upper=0.0, n_warmup_steps=1)
+    study = optuna.create_study(storage=url, study_name="tiny", pruner=pruner)
+    study.optimize(Objective(config, after_training=TrialArtifacts(config)), n_trials=1)
+
+    [trial] = study.trials
+    assert trial.state == TrialState.PRUNED
+    curves = read_trial_table(artifact_store(config), trial, LEARNING_CURVES)
+    assert curves is not None and curves["epoch"] == [1.0, 2.0]
+    reported = [trial.intermediate_values[0], trial.intermediate_values[1]]
+    assert curves["val_mse"] == pytest.approx(reported, rel=1e-6)  # the CSV keeps 7 digits
+    assert read_trial_table(artifact_store(config), trial, LR_SCHEDULE) is not None

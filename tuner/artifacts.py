@@ -1,12 +1,13 @@
 """A trial's curves, stored with Optuna's artifact API for optuna-dashboard to show.
 
-When a trial has trained, its worker stores three curves as files in the study's artifact
-folder (``[study] artifact_dir``, by default beside the SQLite database):
+When a trial has trained, or was pruned or diverged after an epoch or more, its worker stores
+three curves as files in the study's artifact folder (``[study] artifact_dir``, by default
+beside the SQLite database):
 
 - ``learning_curves``: training and validation MSE per epoch (the CSV adds the validation
   MAE and the learning rate at the end of each epoch);
 - ``lr_schedule``: the learning rate per step as the schedule laid it out, and where early
-  stopping ended the run;
+  stopping, pruning or divergence ended the run;
 - ``lr_range_test``: the range test's loss against the LR, with the suggestion, when
   ``[train] lr_finder`` is on.
 
@@ -163,7 +164,9 @@ def trial_files(trained: TrainedModel, settings: TrainSettings) -> dict[str, str
         else f"Constant learning rate {trained.learning_rate:.3g}",
         x_label="step",
         y_label="learning rate",
-        markers=[Marker(stopped, "early stop", "#555")] if stopped is not None else (),
+        markers=[Marker(stopped, "stopped" if trained.aborted else "early stop", "#555")]
+        if stopped is not None
+        else (),
     )
     files[f"{LR_SCHEDULE}.csv"] = _csv({"step": steps, "lr": lrs})
     result = trained.range_test

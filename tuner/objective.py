@@ -36,7 +36,8 @@ class Objective:
         config: The study configuration.
         dataset: The data; loaded from ``config.data`` when not given.
         after_training: Called with the trial and its trained model before the trial
-            finishes, e.g. to store artifacts. Defaults to nothing.
+            finishes, e.g. to store artifacts; for a pruned or diverged trial, with the
+            epochs it trained. Defaults to nothing.
     """
 
     def __init__(
@@ -72,6 +73,7 @@ class Objective:
             self.config.train,
             seed=seed,
             callbacks=[TFKerasPruningCallback(trial, "val_loss")],
+            on_abort=lambda partial: self._after_abort(trial, partial),
         )
         history = trained.history
         trial.set_user_attr("val_mae", history.best_val_mae)
@@ -88,3 +90,13 @@ class Objective:
         if self.after_training is not None:
             self.after_training(trial, trained)
         return history.best_val_loss
+
+    def _after_abort(self, trial: optuna.Trial, partial: TrainedModel) -> None:
+        # A pruned or diverged trial's curves up to where it stopped are worth keeping too;
+        # but never in place of the reason it stopped.
+        if self.after_training is None:
+            return
+        try:
+            self.after_training(trial, partial)
+        except Exception:
+            _logger.warning("Could not store trial %d's curves.", trial.number, exc_info=True)

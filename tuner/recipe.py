@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -40,6 +40,8 @@ class TrainedModel:
         range_test: The range test's curve, when the LR finder ran.
         lr_suggestion: The range test's suggestion, when the LR finder ran.
         total_steps: The steps the schedule was laid out for (epochs x steps per epoch).
+        aborted: Training raised before its end (a pruned or diverged trial); ``history``
+            holds the epochs before that.
     """
 
     model: keras.Model
@@ -48,6 +50,7 @@ class TrainedModel:
     range_test: RangeTestResult | None
     lr_suggestion: float | None
     total_steps: int
+    aborted: bool = False
 
 
 def train_params(
@@ -58,6 +61,7 @@ def train_params(
     seed: int,
     schedule: str | None = None,
     callbacks: Sequence[keras.callbacks.Callback] = (),
+    on_abort: Callable[[TrainedModel], None] | None = None,
 ) -> TrainedModel:
     """Trains the model that ``params`` describe, on ``data``'s training split.
 
@@ -68,6 +72,9 @@ def train_params(
         seed: Seeds weight initialization, shuffling and the range test.
         schedule: ``one_cycle`` or ``constant``. Defaults to ``settings.schedule``.
         callbacks: Extra Keras callbacks (epoch granularity), e.g. Optuna's pruning callback.
+        on_abort: Called with the record so far when training raises after at least one
+            epoch (a pruned or diverged trial), before the error propagates. Defaults to
+            nothing.
 
     Returns:
         The trained model and its record.
@@ -112,23 +119,31 @@ def train_params(
     early_stopping = keras.callbacks.EarlyStopping(
         monitor="val_loss", patience=settings.early_stopping_patience, restore_best_weights=True
     )
-    history = fit(
-        model,
-        data.x_train,
-        data.y_train,
-        validation_data=(data.x_valid, data.y_valid),
-        epochs=settings.epochs,
-        batch_size=batch_size,
-        lr_schedule=lr_schedule,
-        momentum_schedule=momentum_schedule,
-        callbacks=[early_stopping, *callbacks],
-        seed=seed,
-    )
-    return TrainedModel(
+    trained = TrainedModel(
         model=model,
-        history=history,
+        history=TrainingHistory(),
         learning_rate=learning_rate,
         range_test=result,
         lr_suggestion=suggestion,
         total_steps=total_steps,
     )
+    try:
+        fit(
+            model,
+            data.x_train,
+            data.y_train,
+            validation_data=(data.x_valid, data.y_valid),
+            epochs=settings.epochs,
+            batch_size=batch_size,
+            lr_schedule=lr_schedule,
+            momentum_schedule=momentum_schedule,
+            callbacks=[early_stopping, *callbacks],
+            seed=seed,
+            history=trained.history,
+        )
+    except Exception:
+        trained.aborted = True
+        if on_abort is not None and trained.history.epochs:
+            on_abort(trained)
+        raise
+    return trained

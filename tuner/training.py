@@ -87,6 +87,7 @@ def fit(
     callbacks: Sequence[keras.callbacks.Callback] = (),
     shuffle: bool = True,
     seed: int | None = None,
+    history: TrainingHistory | None = None,
 ) -> TrainingHistory:
     """Trains a compiled model like ``model.fit``, with a compiled loop per epoch.
 
@@ -105,6 +106,8 @@ def fit(
         callbacks: Keras callbacks; their epoch and train hooks run, batch hooks do not.
         shuffle: Shuffle the training rows before every epoch. Defaults to True.
         seed: Seed of the shuffling. Defaults to fresh entropy.
+        history: Filled in place as epochs end, so that the caller keeps the epochs trained
+            when a callback raises (Optuna's pruning does). Defaults to a new one.
 
     Returns:
         The per-epoch history.
@@ -132,7 +135,7 @@ def fit(
         steps=math.ceil(n_rows / batch_size),
         verbose=0,
     )
-    history = TrainingHistory()
+    history = history if history is not None else TrainingHistory()
     model.stop_training = False
     callback_list.on_train_begin()
     for epoch in range(epochs):
