@@ -47,3 +47,33 @@ def test_a_signal_that_lands_in_a_finalizer_still_interrupts() -> None:
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert result.stdout.strip() == "interrupted by SIGTERM"
+
+
+# Ctrl-C reaches a worker from the terminal, and SIGTERM from `tuner run` right after: the
+# second must not cut short the clean-up that the first started.
+_SIGNAL_TWICE = """
+import os, signal, sys, time
+from tuner import interrupts
+
+interrupts.install_handlers()
+try:
+    os.kill(os.getpid(), signal.SIGINT)
+    time.sleep(5)
+except KeyboardInterrupt as e:
+    first = str(e)
+try:
+    os.kill(os.getpid(), signal.SIGTERM)
+    time.sleep(0.2)  # the clean-up
+except KeyboardInterrupt:
+    print("the clean-up was interrupted")
+    sys.exit(1)
+print("stopped once, by", first, "; received", interrupts.received_signal())
+"""
+
+
+def test_the_same_stop_arriving_twice_interrupts_once() -> None:
+    result = subprocess.run(
+        [sys.executable, "-c", _SIGNAL_TWICE], cwd=ROOT, capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.strip() == "stopped once, by SIGINT ; received 2"

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -10,6 +12,14 @@ from pathlib import Path
 import pytest
 from optuna.trial import TrialState
 
+from tests.cluster import (
+    FAULT_EPOCHS,
+    FAULT_STUDY,
+    FAULT_TRAIN,
+    StudyWatch,
+    assert_exact_budget,
+    running,
+)
 from tests.support import run_cli, tiny_study, trials_of, tuner_command
 
 pytestmark = pytest.mark.slow
@@ -140,3 +150,36 @@ def test_a_resumed_study_runs_up_to_the_new_budget(tmp_path: Path) -> None:
     stored = min((t for t in trials_of(url, "tiny")), key=lambda t: t.value)
     assert shown["number"] == stored.number and shown["value"] == stored.value
     assert shown["params"] == stored.params
+
+
+def test_ctrl_c_stops_run_and_its_workers_and_the_same_command_resumes(tmp_path: Path) -> None:
+    study_file, url = tiny_study(
+        tmp_path, n_trials=6, epochs=FAULT_EPOCHS, study=FAULT_STUDY, train=FAULT_TRAIN
+    )
+    log = (tmp_path / "run.log").open("w")
+    # Its own process group, which Ctrl-C on a terminal signals as a whole: run and workers.
+    run = subprocess.Popen(
+        tuner_command("run", str(study_file), "--workers", "2"),
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    try:
+        StudyWatch(url, "tiny").wait_until(lambda ts: len(running(ts)) == 2)
+        os.killpg(run.pid, signal.SIGINT)
+        assert run.wait(timeout=60) == 128 + signal.SIGINT
+    finally:
+        if run.poll() is None:
+            os.killpg(run.pid, signal.SIGKILL)
+        log.close()
+    interrupted = trials_of(url, "tiny")
+    assert not running(interrupted), [t.state for t in interrupted]
+    stopped = [t for t in interrupted if "interrupted" in t.user_attrs]
+    assert len(stopped) == 2 and all(t.state == TrialState.FAIL for t in stopped)
+
+    result = run_cli("run", str(study_file), "--workers", "2")
+    assert result.returncode == 0, result.stderr
+    trials = trials_of(url, "tiny")
+    # The stopped trials were queued again and run; they do not count toward the budget.
+    retried = assert_exact_budget(trials, 6)
+    assert {t.number for t in retried} == {t.number for t in stopped}

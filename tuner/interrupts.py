@@ -12,6 +12,7 @@ import _thread
 import signal
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from types import FrameType
@@ -23,7 +24,12 @@ _pending: int | None = None
 _received: int | None = None
 _previous_unraisablehook = sys.unraisablehook
 _redelivering = False
+_raised_at: float | None = None
 _REDELIVERY_DELAY_SECONDS = 0.05
+# A repeat within this time is the same stop arriving twice (Ctrl-C reaches a worker from the
+# terminal, and SIGTERM from `tuner run` a moment later); raised again, it would cut short
+# the clean-up that queues the running trial again. A later one forces the stop.
+_REPEAT_WINDOW_SECONDS = 5.0
 
 
 def install_handlers() -> None:
@@ -41,9 +47,10 @@ def _redeliver_swallowed(unraisable: sys.UnraisableHookArgs) -> None:
     # inside a weakref callback or __del__ (TensorFlow's objects have many), which would
     # lose the interrupt: the worker would carry on. Deliver the signal again instead, a
     # moment later, from another thread, once the main thread is out of this context.
-    global _redelivering
+    global _redelivering, _raised_at
     error = unraisable.exc_value
     if isinstance(error, KeyboardInterrupt) and _received is not None:
+        _raised_at = None  # It never got through: the redelivery is no repeat.
         _redelivering = True
         try:
             timer = threading.Timer(
@@ -66,12 +73,20 @@ def received_signal() -> int | None:
 
 def _handle(signum: int, frame: FrameType | None) -> None:
     global _pending, _received
+    if _raised_at is not None and time.monotonic() - _raised_at < _REPEAT_WINDOW_SECONDS:
+        return  # Already stopping.
     _received = signum
     if _redelivering:
         return  # It would be dropped here too; the redelivery already on its way brings it.
     if _depth > 0:
         _pending = signum
         return
+    _interrupt(signum)
+
+
+def _interrupt(signum: int) -> None:
+    global _raised_at
+    _raised_at = time.monotonic()
     raise KeyboardInterrupt(signal.Signals(signum).name)
 
 
@@ -89,4 +104,4 @@ def deferred() -> Iterator[None]:
         _depth -= 1
         if _depth == 0 and _pending is not None:
             signum, _pending = _pending, None
-            raise KeyboardInterrupt(signal.Signals(signum).name)
+            _interrupt(signum)
