@@ -432,10 +432,17 @@ def _compare(args: argparse.Namespace) -> int:
     )
     write_html(figure, output)
     print(f"Same hyperparameters, LR {comparison.learning_rate:.3g}:")
-    print(f"  fixed LR  test MSE {comparison.fixed_test_mse:.4f}")
-    print(f"  1-Cycle   test MSE {comparison.one_cycle_test_mse:.4f}")
-    better = "lower" if comparison.improvement_percent >= 0 else "higher"
-    print(f"1-Cycle's test MSE is {abs(comparison.improvement_percent):.1f}% {better}.")
+    for name, mse, diverged in (
+        ("fixed LR", comparison.fixed_test_mse, comparison.fixed_diverged),
+        ("1-Cycle ", comparison.one_cycle_test_mse, comparison.one_cycle_diverged),
+    ):
+        print(f"  {name}  diverged: {diverged}" if mse is None else f"  {name}  test MSE {mse:.4f}")
+    improvement = comparison.improvement_percent
+    if improvement is not None:
+        better = "lower" if improvement >= 0 else "higher"
+        print(f"1-Cycle's test MSE is {abs(improvement):.1f}% {better}.")
+    elif comparison.one_cycle_test_mse is not None:
+        print("1-Cycle trained at a peak LR that diverges as a fixed LR.")
     print(f"Figure: {output}")
     return 0
 

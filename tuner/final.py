@@ -32,6 +32,7 @@ from tuner.model import build_model
 from tuner.recipe import TrainedModel, train_params
 from tuner.search import trial_seed
 from tuner.study import best_trial
+from tuner.training import TrainingDivergedError
 
 __all__ = [
     "Comparison",
@@ -81,19 +82,26 @@ class Comparison:
         learning_rate: The fixed LR, which is also the 1-Cycle peak.
         fixed_val_loss: Validation MSE per epoch with the fixed LR.
         one_cycle_val_loss: Validation MSE per epoch with 1-Cycle.
-        fixed_test_mse: Test MSE with the fixed LR.
-        one_cycle_test_mse: Test MSE with 1-Cycle.
+        fixed_test_mse: Test MSE with the fixed LR; None if that run diverged.
+        one_cycle_test_mse: Test MSE with 1-Cycle; None if that run diverged.
+        fixed_diverged: How the fixed-LR run diverged, if it did.
+        one_cycle_diverged: How the 1-Cycle run diverged, if it did.
     """
 
     learning_rate: float
     fixed_val_loss: list[float]
     one_cycle_val_loss: list[float]
-    fixed_test_mse: float
-    one_cycle_test_mse: float
+    fixed_test_mse: float | None
+    one_cycle_test_mse: float | None
+    fixed_diverged: str | None = None
+    one_cycle_diverged: str | None = None
 
     @property
-    def improvement_percent(self) -> float:
-        """How much lower 1-Cycle's test MSE is, in percent of the fixed LR's."""
+    def improvement_percent(self) -> float | None:
+        """How much lower 1-Cycle's test MSE is, in percent of the fixed LR's; None if a
+        run diverged."""
+        if self.fixed_test_mse is None or self.one_cycle_test_mse is None:
+            return None
         return 100.0 * (self.fixed_test_mse - self.one_cycle_test_mse) / self.fixed_test_mse
 
 
@@ -188,22 +196,24 @@ def compare_schedules(
     """Trains the best hyperparameters with a fixed LR and with 1-Cycle; scores both.
 
     The fixed LR is the best trial's LR; 1-Cycle peaks at the same value. ``callbacks`` (Keras,
-    epoch granularity) see both runs, the fixed LR first.
+    epoch granularity) see both runs, the fixed LR first. A peak that 1-Cycle's warm-up
+    tolerates can make a fixed LR diverge: that run then keeps its curve up to there and has
+    no test score.
     """
     trial = best_trial(study)
     seed = trial_seed(config.study.seed, trial.number)
-    runs = {}
+    runs: dict[str, _Run] = {}
     for schedule in ("constant", "one_cycle"):
-        runs[schedule] = train_params(
-            trial.params, data, config.train, seed=seed, schedule=schedule, callbacks=callbacks
-        )
+        runs[schedule] = _train_to_compare(trial.params, data, config, seed, schedule, callbacks)
     fixed, cycled = runs["constant"], runs["one_cycle"]
     comparison = Comparison(
-        learning_rate=fixed.learning_rate,
-        fixed_val_loss=fixed.history.val_loss,
-        one_cycle_val_loss=cycled.history.val_loss,
-        fixed_test_mse=evaluate(fixed.model, data.x_test, data.y_test)[0],
-        one_cycle_test_mse=evaluate(cycled.model, data.x_test, data.y_test)[0],
+        learning_rate=fixed.trained.learning_rate,
+        fixed_val_loss=fixed.trained.history.val_loss,
+        one_cycle_val_loss=cycled.trained.history.val_loss,
+        fixed_test_mse=fixed.test_mse(data),
+        one_cycle_test_mse=cycled.test_mse(data),
+        fixed_diverged=fixed.diverged,
+        one_cycle_diverged=cycled.diverged,
     )
     study.set_user_attr(
         COMPARISON_ATTR,
@@ -213,9 +223,47 @@ def compare_schedules(
             "one_cycle_val_loss": comparison.one_cycle_val_loss,
             "fixed_test_mse": comparison.fixed_test_mse,
             "one_cycle_test_mse": comparison.one_cycle_test_mse,
+            "fixed_diverged": comparison.fixed_diverged,
+            "one_cycle_diverged": comparison.one_cycle_diverged,
         },
     )
     return comparison
+
+
+@dataclass
+class _Run:
+    trained: TrainedModel
+    diverged: str | None
+
+    def test_mse(self, data: Dataset) -> float | None:
+        if self.diverged is not None:
+            return None
+        return evaluate(self.trained.model, data.x_test, data.y_test)[0]
+
+
+def _train_to_compare(
+    params: dict[str, Any],
+    data: Dataset,
+    config: StudyConfig,
+    seed: int,
+    schedule: str,
+    callbacks: Sequence[keras.callbacks.Callback],
+) -> _Run:
+    partial: list[TrainedModel] = []
+    try:
+        trained = train_params(
+            params,
+            data,
+            config.train,
+            seed=seed,
+            schedule=schedule,
+            callbacks=callbacks,
+            on_abort=partial.append,
+        )
+    except TrainingDivergedError as e:
+        _logger.info("The %s run diverged: %s", schedule, e)
+        return _Run(partial[0], diverged=str(e))
+    return _Run(trained, diverged=None)
 
 
 def find_lr(

@@ -94,7 +94,7 @@ class Objective:
     def _after_abort(self, trial: optuna.Trial, partial: TrainedModel) -> None:
         # A pruned or diverged trial's curves up to where it stopped are worth keeping too;
         # but never in place of the reason it stopped.
-        if self.after_training is None:
+        if self.after_training is None or not partial.history.epochs:
             return
         try:
             self.after_training(trial, partial)

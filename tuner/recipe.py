@@ -72,9 +72,8 @@ def train_params(
         seed: Seeds weight initialization, shuffling and the range test.
         schedule: ``one_cycle`` or ``constant``. Defaults to ``settings.schedule``.
         callbacks: Extra Keras callbacks (epoch granularity), e.g. Optuna's pruning callback.
-        on_abort: Called with the record so far when training raises after at least one
-            epoch (a pruned or diverged trial), before the error propagates. Defaults to
-            nothing.
+        on_abort: Called with the record so far when training raises (a pruned or diverged
+            trial), before the error propagates. Defaults to nothing.
 
     Returns:
         The trained model and its record.
@@ -143,7 +142,7 @@ def train_params(
         )
     except Exception:
         trained.aborted = True
-        if on_abort is not None and trained.history.epochs:
+        if on_abort is not None:
             on_abort(trained)
         raise
     return trained

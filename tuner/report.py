@@ -239,11 +239,15 @@ def _comparison(s: _Study) -> _Drawn:
     figure = figures.schedule_comparison_figure(
         found["fixed_val_loss"], found["one_cycle_val_loss"], found["learning_rate"]
     )
-    note = (
-        f"Same hyperparameters and seed. Test MSE: fixed LR {found['fixed_test_mse']:.4f}, "
-        f"1-Cycle {found['one_cycle_test_mse']:.4f}."
-    )
-    return figure, note
+    scores = [
+        f"{name} {_score(found.get(key + '_test_mse'), found.get(key + '_diverged'))}"
+        for name, key in (("fixed LR", "fixed"), ("1-Cycle", "one_cycle"))
+    ]
+    return figure, f"Same hyperparameters and seed. Test MSE: {', '.join(scores)}."
+
+
+def _score(test_mse: float | None, diverged: str | None) -> str:
+    return f"{test_mse:.4f}" if test_mse is not None else f"none, it diverged ({diverged})"
 
 
 def _final_model(s: _Study) -> _Drawn:
