@@ -52,15 +52,13 @@ def _min_div_10(log_lrs: np.ndarray, losses: np.ndarray) -> int:
     return int(np.argmin(losses))
 
 
-def _steepest(log_lrs: np.ndarray, losses: np.ndarray) -> int:
-    smoothed = smooth_losses(losses)
+def _steepest(log_lrs: np.ndarray, smoothed: np.ndarray) -> int:
     return int(np.argmin(np.gradient(smoothed, log_lrs)))
 
 
-def _valley(log_lrs: np.ndarray, losses: np.ndarray) -> int:
+def _valley(log_lrs: np.ndarray, smoothed: np.ndarray) -> int:
     # fastai's valley: the longest decreasing subsequence of the smoothed loss, then a point
     # halfway into it (a third plus a sixth). Quadratic, which is fine for a few hundred points.
-    smoothed = smooth_losses(losses)
     n = len(smoothed)
     run = [1] * n
     best_start, best_end = 0, 0
@@ -81,6 +79,7 @@ _INDEX_RULES: Mapping[str, Callable[[np.ndarray, np.ndarray], int]] = {
     "valley": _valley,
 }
 RULES: tuple[str, ...] = tuple(_INDEX_RULES)
+_SMOOTHED_RULES = ("steepest", "valley")
 
 
 def suggest_lr(
@@ -130,7 +129,12 @@ def suggest_lr(
             f"the range test has {n_finite} finite points, too few to drop {skip_start} at the "
             f"start and {skip_end} at the end; sweep more steps or lower the skips."
         )
-    index = _INDEX_RULES[rule](np.log10(lr_window), loss_array[window])
+    curve = loss_array[:n_finite]
+    if rule in _SMOOTHED_RULES:
+        # Over the whole curve, then windowed: started at the window, the average would
+        # still be settling there, and its first steps would look like the steepest descent.
+        curve = smooth_losses(curve)
+    index = _INDEX_RULES[rule](np.log10(lr_window), curve[window])
     lr = float(lr_window[index])
     return lr / 10.0 if rule == "min_div_10" else lr
 
