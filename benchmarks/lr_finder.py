@@ -53,8 +53,9 @@ SEARCHES: dict[str, dict[str, Any]] = {
         "train": {"lr_finder": True, "lr_suggestion": "valley"},
         "space": {"lr_factor": {"low": 0.3, "high": 3.0, "log": True}, **COMMON_SPACE},
     },
-    # The first runs found the best peaks 10-20x above the min / 10 suggestion, at the top of
-    # the 0.3..3 range: this one samples around the LR of the lowest loss instead.
+    # The first runs found the best peaks an order of magnitude above the min / 10
+    # suggestion, out of the 0.3..3 range's reach: this one samples around the LR of the
+    # lowest loss instead.
     "lr_finder_wide": {
         "train": {"lr_finder": True},
         "space": {"lr_factor": {"low": 1.0, "high": 30.0, "log": True}, **COMMON_SPACE},
