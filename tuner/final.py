@@ -12,6 +12,7 @@ Each records its result in the study (user attributes), where ``tuner report`` f
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import tempfile
@@ -202,10 +203,10 @@ def compare_schedules(
     """
     trial = best_trial(study)
     seed = trial_seed(config.study.seed, trial.number)
-    runs: dict[str, _Run] = {}
-    for schedule in ("constant", "one_cycle"):
-        runs[schedule] = _train_to_compare(trial.params, data, config, seed, schedule, callbacks)
-    fixed, cycled = runs["constant"], runs["one_cycle"]
+    fixed, cycled = (
+        _train_to_compare(trial.params, data, config, seed, schedule, callbacks)
+        for schedule in ("constant", "one_cycle")
+    )
     comparison = Comparison(
         learning_rate=fixed.trained.learning_rate,
         fixed_val_loss=fixed.trained.history.val_loss,
@@ -215,18 +216,7 @@ def compare_schedules(
         fixed_diverged=fixed.diverged,
         one_cycle_diverged=cycled.diverged,
     )
-    study.set_user_attr(
-        COMPARISON_ATTR,
-        {
-            "learning_rate": comparison.learning_rate,
-            "fixed_val_loss": comparison.fixed_val_loss,
-            "one_cycle_val_loss": comparison.one_cycle_val_loss,
-            "fixed_test_mse": comparison.fixed_test_mse,
-            "one_cycle_test_mse": comparison.one_cycle_test_mse,
-            "fixed_diverged": comparison.fixed_diverged,
-            "one_cycle_diverged": comparison.one_cycle_diverged,
-        },
-    )
+    study.set_user_attr(COMPARISON_ATTR, dataclasses.asdict(comparison))
     return comparison
 
 
