@@ -548,13 +548,14 @@ class BufferedStorage(BaseStorage, BaseHeartbeat):
         owned.commit_attempts += 1
         stored_user = set(owned.base.user_attrs)
         stored_system = set(owned.base.system_attrs)
-        trial_table = models.TrialModel
+        # The table, not the model: bulk statements cost less than the ORM's unit of work,
+        # and the model maps datetime_complete to a private attribute.
+        trials = models.TrialModel.__table__
         session = self._backend.scoped_session()
         try:
-            # Bulk statements, not ORM objects: the unit of work cost more than the writes.
             stored_state = session.execute(
-                sqlalchemy.select(trial_table.state, trial_table.number)
-                .where(trial_table.trial_id == trial_id)
+                sqlalchemy.select(trials.c.state, trials.c.number)
+                .where(trials.c.trial_id == trial_id)
                 .with_for_update()
             ).one_or_none()
             if stored_state is None:
@@ -600,10 +601,8 @@ class BufferedStorage(BaseStorage, BaseHeartbeat):
                             }
                         )
                     session.execute(sqlalchemy.insert(models.TrialValueModel), rows)
-                # The table, not the model: the model maps this column to a private attribute
-                # that holds naive UTC, as its setter would store it.
+                # Naive UTC, as the model's setter would store it.
                 completed_utc = completed_at.astimezone(datetime.UTC).replace(tzinfo=None)
-                trials = trial_table.__table__
                 session.execute(
                     sqlalchemy.update(trials)
                     .where(trials.c.trial_id == trial_id)
