@@ -50,8 +50,16 @@ def test_run_with_two_workers_uses_the_exact_budget(tmp_path: Path) -> None:
 
     # Plain Optuna's CLI reads the same trials.
     listed = subprocess.run(
-        [str(Path(sys.executable).with_name("optuna")), "trials", "--storage", url,
-         "--study-name", "tiny", "-f", "json"],
+        [
+            str(Path(sys.executable).with_name("optuna")),
+            "trials",
+            "--storage",
+            url,
+            "--study-name",
+            "tiny",
+            "-f",
+            "json",
+        ],
         capture_output=True,
         text=True,
         check=True,
