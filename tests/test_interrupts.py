@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import signal
 import subprocess
 import sys
+from pathlib import Path
 
-from tests.support import ROOT
+import pytest
+from optuna.trial import TrialState
+
+from tests.support import ROOT, tiny_study, trials_of, tuner_command
 
 # The signal arrives while the main thread runs a weakref callback, where Python drops any
 # exception, KeyboardInterrupt included; TensorFlow runs such callbacks all the time.
@@ -77,3 +82,95 @@ def test_the_same_stop_arriving_twice_interrupts_once() -> None:
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert result.stdout.strip() == "stopped once, by SIGINT ; received 2"
+
+
+# A library that catches everything, as Keras's layer building does with bare `except:`.
+_SIGNAL_SWALLOWED = """
+import os, signal, sys, time
+from tuner import interrupts
+
+interrupts.install_handlers()
+interrupts.raise_if_stopping()  # No signal yet: nothing happens.
+try:
+    os.kill(os.getpid(), signal.SIGTERM)
+    time.sleep(5)
+except BaseException:
+    pass
+print("stopping:", interrupts.stopping())
+try:
+    interrupts.raise_if_stopping()
+except KeyboardInterrupt as e:
+    print("interrupted by", e)
+    sys.exit(0)
+sys.exit(1)
+"""
+
+
+def test_a_swallowed_interrupt_is_raised_again_at_the_next_safe_point() -> None:
+    result = subprocess.run(
+        [sys.executable, "-c", _SIGNAL_SWALLOWED],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.split("\n")[:2] == ["stopping: True", "interrupted by SIGTERM"]
+
+
+# A worker whose first model build receives SIGTERM, and then loses the interrupt the way
+# Keras and TensorFlow do: swallowed by a bare `except:`, or turned into another error by
+# tracing (seen as StagingError and TypeError).
+_WORKER_WITH_A_LOSSY_BUILD = """
+import os, signal, sys, time
+import tuner.recipe
+from tuner.cli import main
+
+build = tuner.recipe.build_model
+calls = 0
+
+def lossy_build(*args, **kwargs):
+    global calls
+    calls += 1
+    if calls == 1:
+        try:
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(5)
+        except BaseException as e:
+            if sys.argv[1] == "convert":
+                raise TypeError("Failed to convert elements of (None,) to Tensor.") from e
+    return build(*args, **kwargs)
+
+tuner.recipe.build_model = lossy_build
+sys.exit(main(["worker", sys.argv[2], "--worker-index", "0"]))
+"""
+
+
+@pytest.mark.parametrize("loss", ["swallow", "convert"])
+def test_a_worker_stops_even_when_a_library_loses_the_interrupt(tmp_path: Path, loss: str) -> None:
+    study_file, url = tiny_study(tmp_path, n_trials=3, epochs=3)
+    result = subprocess.run(
+        [sys.executable, "-c", _WORKER_WITH_A_LOSSY_BUILD, loss, str(study_file)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 128 + signal.SIGTERM, result.stderr
+    trials = trials_of(url, "tiny")
+    # Stopped in its first trial, which is failed as interrupted (not as broken) and queued
+    # again; no other trial was started.
+    assert [t.state for t in trials] == [TrialState.FAIL, TrialState.WAITING]
+    assert trials[0].user_attrs.get("interrupted") == "SIGTERM"
+    assert "error" not in trials[0].user_attrs
+    # The same worker command, run again, finishes the study.
+    again = subprocess.run(
+        tuner_command("worker", str(study_file), "--worker-index", "0"),
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert again.returncode == 0, again.stderr
+    finished = [t for t in trials_of(url, "tiny") if t.state == TrialState.COMPLETE]
+    assert len(finished) == 3

@@ -4,6 +4,12 @@ Both signals raise ``KeyboardInterrupt`` in the main thread, which Optuna handle
 the running trial and re-raising. Inside a :func:`deferred` block, such as the transaction
 that starts a trial, the interrupt waits until the block ends, so a trial is never left
 half-created.
+
+An interrupt raised asynchronously does not always get through. Keras builds layers inside
+bare ``except:`` blocks, which swallow it, and TensorFlow's tracing turns it into another
+error (a ``StagingError`` or ``TypeError``). So the stop is also a flag: loops call
+:func:`raise_if_stopping` at safe points (every epoch, between trials), and callers that
+catch errors ask :func:`stopping` whether an error is really the interrupt.
 """
 
 from __future__ import annotations
@@ -17,7 +23,14 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from types import FrameType
 
-__all__ = ["deferred", "install_handlers", "received_signal"]
+__all__ = [
+    "deferred",
+    "install_handlers",
+    "raise_if_stopping",
+    "received_signal",
+    "received_signal_name",
+    "stopping",
+]
 
 _depth = 0
 _pending: int | None = None
@@ -34,6 +47,8 @@ _REPEAT_WINDOW_SECONDS = 5.0
 
 def install_handlers() -> None:
     """Makes SIGTERM behave like Ctrl-C, and both wait for :func:`deferred` blocks."""
+    global _received, _pending, _raised_at
+    _received = _pending = _raised_at = None  # A new run: no stop from an earlier one.
     signal.signal(signal.SIGINT, _handle)
     signal.signal(signal.SIGTERM, _handle)
     if sys.unraisablehook is not _redeliver_swallowed:
@@ -69,6 +84,27 @@ def _redeliver_swallowed(unraisable: sys.UnraisableHookArgs) -> None:
 def received_signal() -> int | None:
     """The last signal that interrupted this process, if any."""
     return _received
+
+
+def received_signal_name() -> str:
+    """The name of the last signal that interrupted this process; ``SIGINT`` if none did."""
+    return signal.Signals(_received).name if _received is not None else "SIGINT"
+
+
+def stopping() -> bool:
+    """Whether SIGINT or SIGTERM has arrived since :func:`install_handlers`."""
+    return _received is not None
+
+
+def raise_if_stopping() -> None:
+    """Raises the interrupt again if a signal arrived but the process carried on.
+
+    For safe points in long loops: it makes the stop certain when a library swallowed the
+    first ``KeyboardInterrupt``. Inside a :func:`deferred` block it does nothing; the block's
+    end is the safe point there.
+    """
+    if _received is not None and _depth == 0:
+        _interrupt(_received)
 
 
 def _handle(signum: int, frame: FrameType | None) -> None:

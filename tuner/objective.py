@@ -12,9 +12,11 @@ import logging
 import time
 from collections.abc import Callable
 
+import keras
 import optuna
 from optuna_integration import TFKerasPruningCallback
 
+from tuner import interrupts
 from tuner.config import StudyConfig
 from tuner.data import Dataset, load_dataset
 from tuner.recipe import TrainedModel, train_params
@@ -52,6 +54,7 @@ class Objective:
 
     def __call__(self, trial: optuna.Trial) -> float:
         try:
+            interrupts.raise_if_stopping()
             return self._run(trial)
         except optuna.TrialPruned:
             raise
@@ -59,6 +62,12 @@ class Objective:
             trial.set_user_attr("interrupted", str(e) or "SIGINT")
             raise
         except Exception as e:
+            if interrupts.stopping():
+                # The interrupt, turned into another error by TensorFlow's tracing: the
+                # trial was stopped, not broken, so it is queued again like any stopped one.
+                name = interrupts.received_signal_name()
+                trial.set_user_attr("interrupted", name)
+                raise KeyboardInterrupt(name) from e
             trial.set_user_attr("error", f"{type(e).__name__}: {e}"[:_MAX_ERROR_LENGTH])
             raise
 
@@ -72,7 +81,7 @@ class Objective:
             data,
             self.config.train,
             seed=seed,
-            callbacks=[TFKerasPruningCallback(trial, "val_loss")],
+            callbacks=[TFKerasPruningCallback(trial, "val_loss"), _StopWhenSignalled()],
             on_abort=lambda partial: self._after_abort(trial, partial),
         )
         history = trained.history
@@ -100,3 +109,10 @@ class Objective:
             self.after_training(trial, partial)
         except Exception:
             _logger.warning("Could not store trial %d's curves.", trial.number, exc_info=True)
+
+
+class _StopWhenSignalled(keras.callbacks.Callback):
+    """Ends training at the next epoch once a stop signal arrived, if its interrupt was lost."""
+
+    def on_epoch_end(self, epoch: int, logs: dict[str, float] | None = None) -> None:
+        interrupts.raise_if_stopping()

@@ -16,7 +16,6 @@ import copy
 import logging
 import os
 import secrets
-import signal
 import socket
 import time
 from dataclasses import dataclass, field
@@ -198,6 +197,7 @@ class _TrialWatcher:
         self.last_error: str | None = None
 
     def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
+        interrupts.raise_if_stopping()  # A stop that a library swallowed ends it here.
         self.states[trial.state.name] = self.states.get(trial.state.name, 0) + 1
         if trial.state == TrialState.FAIL:
             self.failures_in_a_row += 1
@@ -232,6 +232,7 @@ def _wait_for_running_trials(study: optuna.Study, heartbeat_interval: int) -> bo
     poll = min(2.0, float(heartbeat_interval))
     announced = False
     while True:
+        interrupts.raise_if_stopping()
         if study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
             return True
         if not study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
@@ -244,7 +245,7 @@ def _wait_for_running_trials(study: optuna.Study, heartbeat_interval: int) -> bo
 
 
 def _requeue_interrupted(connection: Connection, config: StudyConfig) -> None:
-    signal_name = "SIGTERM" if interrupts.received_signal() == signal.SIGTERM else "SIGINT"
+    signal_name = interrupts.received_signal_name()
     with interrupts.deferred():
         stopped = connection.storage.abandon(TrialState.FAIL, {"interrupted": signal_name})
         last = connection.storage.last_finished()
