@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import pty
 import re
@@ -18,7 +19,7 @@ from optuna.trial import TrialState, create_trial
 from tests.support import ROOT, run_cli, tiny_study, tuner_command
 from tuner import report
 from tuner.config import load_study_config
-from tuner.figures import trial_results_figure
+from tuner.figures import range_test_figure, trial_results_figure
 
 SECTIONS = [
     "history",
@@ -169,6 +170,19 @@ def test_the_bar_chart_highlights_the_best_trial() -> None:
     assert list(bars.x) == [0, 1]  # completed trials only
     colors = list(bars.marker.color)
     assert colors[1] != colors[0]  # trial 1, the lowest MSE, stands out
+
+
+def test_range_test_labels_sit_on_their_lines_and_do_not_overlap() -> None:
+    lrs = [1e-4, 1e-3, 1e-2, 1e-1]
+    suggestions = {"min_div_10": 1e-3, "valley": 1.1e-3}
+    figure = range_test_figure(lrs, [1.0, 0.5, 0.4, 2.0], suggestions)
+    lines = [shape.x0 for shape in figure.layout.shapes]
+    labels = figure.layout.annotations
+    assert lines == [1e-3, 1.1e-3]
+    assert [a.text for a in labels] == ["min_div_10: 0.001", "valley: 0.0011"]
+    # The x axis is logarithmic: an annotation's x is the line's LR in decades.
+    assert [a.x for a in labels] == pytest.approx([-3.0, math.log10(1.1e-3)])
+    assert labels[0].yshift != labels[1].yshift
 
 
 @pytest.mark.slow

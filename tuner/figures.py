@@ -7,6 +7,7 @@ Study-level figures (history, importances, parallel coordinates) come from
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -35,6 +36,7 @@ __all__ = [
 _BAR_COLOR = "#9ecae1"
 _BEST_COLOR = "#d62728"
 
+_LABEL_ROW_PIXELS = 16
 _RULE_COLORS = {"min_div_10": "#d62728", "steepest": "#2ca02c", "valley": "#9467bd"}
 
 
@@ -63,13 +65,22 @@ def range_test_figure(
     lrs, losses = np.asarray(lrs, np.float64), np.asarray(losses, np.float64)
     figure = go.Figure()
     figure.add_trace(go.Scatter(x=lrs, y=losses, mode="lines", name="batch loss"))
-    for rule, lr in suggestions.items():
-        figure.add_vline(
-            x=lr,
-            line_dash="dash",
-            line_color=_RULE_COLORS.get(rule, "gray"),
-            annotation_text=f"{rule}: {lr:.2g}",
-            annotation_position="top",
+    for row, (rule, lr) in enumerate(suggestions.items()):
+        color = _RULE_COLORS.get(rule, "gray")
+        figure.add_vline(x=lr, line_dash="dash", line_color=color)
+        # Not the line's own annotation: on a log axis an annotation's x is in decades while
+        # a line's is not, so plotly puts it elsewhere (plotly.py #2580).
+        figure.add_annotation(
+            x=math.log10(lr),
+            xref="x",
+            y=1.0,
+            yref="paper",
+            yanchor="bottom",
+            # A row of its own for each label, above the plot: rules often land close.
+            yshift=_LABEL_ROW_PIXELS * row,
+            text=f"{rule}: {lr:.2g}",
+            font={"color": color},
+            showarrow=False,
         )
     axis_range = loss_axis_range(losses)
     figure.update_layout(
