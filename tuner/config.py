@@ -43,6 +43,8 @@ STORAGE_ENV = "TUNER_STORAGE"
 SAMPLERS = ("random", "tpe")
 PRUNERS = ("none", "median", "hyperband")
 SCHEDULES = ("one_cycle", "constant")
+# 1-Cycle warms up over this share of the steps (the notebook's); tuner.one_cycle uses it.
+ONE_CYCLE_WARMUP_FRACTION = 0.3
 OPTIMIZERS = ("sgd", "nesterov", "adam")
 LR_SUGGESTIONS = ("min_div_10", "steepest", "valley")
 # Keras 3 activation names; tests check that Keras accepts each of them.

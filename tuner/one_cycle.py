@@ -16,6 +16,8 @@ from typing import Any
 import keras
 from keras import ops
 
+from tuner.config import ONE_CYCLE_WARMUP_FRACTION
+
 __all__ = [
     "OneCycleSchedule",
     "OneCycleScheduler",
@@ -23,7 +25,7 @@ __all__ = [
     "one_cycle_momentum",
 ]
 
-WARMUP_FRACTION = 0.3
+WARMUP_FRACTION = ONE_CYCLE_WARMUP_FRACTION
 START_DIV = 25.0
 END_DIV = 1000.0
 MOMENTUM_HIGH = 0.95
