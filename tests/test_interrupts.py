@@ -10,7 +10,19 @@ from pathlib import Path
 import pytest
 from optuna.trial import TrialState
 
-from tests.support import ROOT, tiny_study, trials_of, tuner_command
+from tests.support import ROOT, run_cli, tiny_study, trials_of
+
+
+def _run_script(script: str, *args: str) -> subprocess.CompletedProcess[str]:
+    """Runs ``script`` in a fresh Python process, as a worker runs: signals are its own."""
+    return subprocess.run(
+        [sys.executable, "-c", script, *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
 
 # The signal arrives while the main thread runs a weakref callback, where Python drops any
 # exception, KeyboardInterrupt included; TensorFlow runs such callbacks all the time.
@@ -43,13 +55,7 @@ sys.exit(1)
 
 
 def test_a_signal_that_lands_in_a_finalizer_still_interrupts() -> None:
-    result = subprocess.run(
-        [sys.executable, "-c", _SIGNAL_INSIDE_A_CALLBACK],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    result = _run_script(_SIGNAL_INSIDE_A_CALLBACK)
     assert result.returncode == 0, result.stdout + result.stderr
     assert result.stdout.strip() == "interrupted by SIGTERM"
 
@@ -77,9 +83,7 @@ print("stopped once, by", first, "; received", interrupts.received_signal())
 
 
 def test_the_same_stop_arriving_twice_interrupts_once() -> None:
-    result = subprocess.run(
-        [sys.executable, "-c", _SIGNAL_TWICE], cwd=ROOT, capture_output=True, text=True, timeout=60
-    )
+    result = _run_script(_SIGNAL_TWICE)
     assert result.returncode == 0, result.stdout + result.stderr
     assert result.stdout.strip() == "stopped once, by SIGINT ; received 2"
 
@@ -107,13 +111,7 @@ sys.exit(1)
 
 
 def test_a_swallowed_interrupt_is_raised_again_at_the_next_safe_point() -> None:
-    result = subprocess.run(
-        [sys.executable, "-c", _SIGNAL_SWALLOWED],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    result = _run_script(_SIGNAL_SWALLOWED)
     assert result.returncode == 0, result.stdout + result.stderr
     assert result.stdout.split("\n")[:2] == ["stopping: True", "interrupted by SIGTERM"]
 
@@ -149,13 +147,7 @@ sys.exit(main(["worker", sys.argv[2], "--worker-index", "0"]))
 @pytest.mark.parametrize("loss", ["swallow", "convert"])
 def test_a_worker_stops_even_when_a_library_loses_the_interrupt(tmp_path: Path, loss: str) -> None:
     study_file, url = tiny_study(tmp_path, n_trials=3, epochs=3)
-    result = subprocess.run(
-        [sys.executable, "-c", _WORKER_WITH_A_LOSSY_BUILD, loss, str(study_file)],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    result = _run_script(_WORKER_WITH_A_LOSSY_BUILD, loss, str(study_file))
     assert result.returncode == 128 + signal.SIGTERM, result.stderr
     trials = trials_of(url, "tiny")
     # Stopped in its first trial, which is failed as interrupted (not as broken) and queued
@@ -164,13 +156,7 @@ def test_a_worker_stops_even_when_a_library_loses_the_interrupt(tmp_path: Path, 
     assert trials[0].user_attrs.get("interrupted") == "SIGTERM"
     assert "error" not in trials[0].user_attrs
     # The same worker command, run again, finishes the study.
-    again = subprocess.run(
-        tuner_command("worker", str(study_file), "--worker-index", "0"),
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    again = run_cli("worker", str(study_file), "--worker-index", "0", timeout=120)
     assert again.returncode == 0, again.stderr
     finished = [t for t in trials_of(url, "tiny") if t.state == TrialState.COMPLETE]
     assert len(finished) == 3
