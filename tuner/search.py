@@ -81,7 +81,7 @@ def median_warmup_epochs(train: TrainSettings) -> int:
         warmup = math.ceil(ONE_CYCLE_WARMUP_FRACTION * train.epochs)
     else:
         warmup = MEDIAN_WARMUP_EPOCHS
-    return max(0, min(warmup, train.epochs - 1))
+    return min(warmup, train.epochs - 1)
 
 
 def suggest_params(trial: optuna.Trial, space: Mapping[str, BaseDistribution]) -> dict[str, Any]:
