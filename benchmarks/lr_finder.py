@@ -22,17 +22,14 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import subprocess
-import sys
 import tempfile
 from pathlib import Path
 from typing import Any
 
 import optuna
 import tomli_w
+from benchmark_support import run_tuner
 from optuna.trial import TrialState
-
-ROOT = Path(__file__).resolve().parents[1]
 
 COMMON_SPACE = {
     "n_hidden": {"low": 1, "high": 5},
@@ -63,13 +60,6 @@ SEARCHES: dict[str, dict[str, Any]] = {
 }
 
 
-def tuner(*args: str) -> None:
-    subprocess.run(
-        [sys.executable, "-m", "tuner", "--log-level", "warning", *args],
-        check=True, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
-
-
 def run_search(folder: Path, search: str, seed: int, trials: int, epochs: int) -> dict[str, Any]:
     name = f"{search}_{seed}"
     path = folder / f"{name}.toml"
@@ -82,8 +72,8 @@ def run_search(folder: Path, search: str, seed: int, trials: int, epochs: int) -
             "space": SEARCHES[search]["space"],
         })
     )  # fmt: skip
-    tuner("run", str(path), "--workers", "2")
-    tuner("train-best", str(path), "--output", str(folder / f"{name}.keras"))
+    run_tuner("run", str(path), "--workers", "2")
+    run_tuner("train-best", str(path), "--output", str(folder / f"{name}.keras"))
     study = optuna.load_study(study_name=name, storage=url)
     done = study.get_trials(deepcopy=False)
     durations = [

@@ -23,8 +23,6 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import subprocess
-import sys
 import tempfile
 import tomllib
 from pathlib import Path
@@ -32,9 +30,9 @@ from typing import Any
 
 import optuna
 import tomli_w
+from benchmark_support import ROOT, run_tuner
 from optuna.trial import FrozenTrial, TrialState
 
-ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_STUDY = ROOT / "studies" / "california.toml"
 STARTUP_TRIALS = 5  # tuner.search.MEDIAN_STARTUP_TRIALS
 WARMUPS = (3, 6, 9, 12)
@@ -49,11 +47,7 @@ def run_unpruned(folder: Path, seed: int, trials: int, epochs: int) -> list[Froz
     settings["train"]["epochs"] = epochs
     path = folder / f"{name}.toml"
     path.write_text(tomli_w.dumps(settings))
-    command = [sys.executable, "-m", "tuner", "--log-level", "warning", "run", str(path)]
-    subprocess.run(
-        [*command, "--workers", "2"],
-        check=True, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
+    run_tuner("run", str(path), "--workers", "2")
     study = optuna.load_study(study_name=name, storage=url)
     return [t for t in study.get_trials() if t.state == TrialState.COMPLETE]
 

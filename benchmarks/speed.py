@@ -24,8 +24,6 @@ import functools
 import json
 import math
 import statistics
-import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -37,6 +35,7 @@ from typing import Any
 import keras
 import optuna
 import tomli_w
+from benchmark_support import run_tuner
 
 import tuner.objective
 from tuner.config import DataSettings, load_study_config
@@ -45,8 +44,6 @@ from tuner.model import build_model
 from tuner.one_cycle import OneCycleScheduler
 from tuner.search import trial_seed
 from tuner.storage import Access, open_storage
-
-ROOT = Path(__file__).resolve().parents[1]
 
 # The notebook's reference trial: a 2x50 ReLU MLP, batch 32, 1-Cycle, 20 epochs.
 REFERENCE = {
@@ -315,23 +312,7 @@ def _throughput(folder: Path, workers: int, trials: int) -> tuple[float, float]:
     # The same trial every time, run to the last epoch, so that both runs do the same work.
     path = study_file(folder, f"scale{workers}", trials, REFERENCE, patience=EPOCHS)
     started = time.perf_counter()
-    subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "tuner",
-            "--log-level",
-            "warning",
-            "run",
-            str(path),
-            "--workers",
-            str(workers),
-        ],
-        check=True,
-        cwd=ROOT,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    run_tuner("run", str(path), "--workers", str(workers))
     wall = time.perf_counter() - started
     config = load_study_config(path)
     done = optuna.load_study(study_name=config.study.name, storage=config.study.storage).trials
